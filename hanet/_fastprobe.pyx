@@ -1,0 +1,2 @@
+# cython: language_level=3
+"""Heartbeat hot path (placeholder until the prober lands)."""

@@ -1,0 +1,455 @@
+"""TOML configuration -> frozen dataclasses.
+
+Every error names the file, the key path and the reason (``ConfigError``), and is raised before
+anything touches an interface. The CLI turns it into exit status 2.
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+NODE_ID_MAX = 16  # bytes; the heartbeat frame carries node ids in a fixed 16-byte field
+KEY_MIN_BYTES = 16
+CARRY_KINDS = ("ipv4", "broadcast", "mac", "vips", "ipv6", "routes")
+DURABILITY = ("transition", "every", "none")
+FAILBACK_POLICIES = ("auto", "manual")
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+IFNAME_RE = re.compile(r"^[^\s/:]{1,15}$")
+
+
+class ConfigError(Exception):
+    """A bad configuration: ``file``, dotted ``key`` path and ``reason``."""
+
+    def __init__(self, file: str, key: str, reason: str):
+        self.file, self.key, self.reason = file, key, reason
+        super().__init__(f"{file}: {key}: {reason}")
+
+
+@dataclass(frozen=True)
+class PathConfig:
+    name: str
+    interface: str
+    peer_mac: str = ""  # the peer NIC's MAC on this link; "" = any (the peer is known by node id)
+
+
+@dataclass(frozen=True)
+class HeartbeatConfig:
+    interval_ms: float = 10.0
+    multiplier: int = 3
+    recover_count: int = 3
+    ethertype: int = 0x88B5
+    key_file: str = "/etc/hanet/heartbeat.key"
+    replay_window: int = 64
+    key: bytes = field(default=b"", repr=False)  # read from key_file at load time
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    poll_interval_ms: float = 1.0
+    down_hold_ms: float = 0.0
+    up_hold_ms: float = 0.0
+    netlink: bool = True
+
+
+@dataclass(frozen=True)
+class FailoverConfig:
+    enable_delay_ms: float = 0.0
+    admin_down_failed: bool = False
+    announce_count: int = 3
+    announce_interval_ms: float = 50.0
+    carry: tuple[str, ...] = CARRY_KINDS
+    coordinate: bool = True
+
+
+@dataclass(frozen=True)
+class FailbackConfig:
+    policy: str = "auto"
+    hold_down_ms: float = 2000.0
+
+
+@dataclass(frozen=True)
+class DampingConfig:
+    enabled: bool = True
+    penalty: float = 1000.0
+    suppress: float = 3000.0
+    reuse: float = 750.0
+    half_life_ms: float = 15000.0
+    max_penalty: float = 12000.0
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    enabled: bool = False
+    max_loss_percent: float = 20.0
+    window_ms: float = 1000.0
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    to: str
+    via: str = ""
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    address: str  # "192.0.2.1/24"
+    broadcast: str = ""  # "" = derived from address and prefix
+    ipv6: tuple[str, ...] = ()
+    vips: tuple[str, ...] = ()
+    mac: str = ""  # "" = the primary NIC's own MAC, learned at first start
+    routes: tuple[RouteConfig, ...] = ()
+
+    @property
+    def interface(self) -> ipaddress.IPv4Interface:
+        return ipaddress.IPv4Interface(self.address)
+
+    @property
+    def broadcast_address(self) -> str:
+        return self.broadcast or str(self.interface.network.broadcast_address)
+
+
+@dataclass(frozen=True)
+class EventLogConfig:
+    path: str = "/var/lib/hanet/events.hlog"
+    durability: str = "transition"
+    rotate_bytes: int = 64 * 1024 * 1024
+    keep: int = 8
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    socket: str = "/run/hanet/control.sock"
+    mode: int = 0o600
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: str = ""  # "host:port"; "" = off
+
+
+@dataclass(frozen=True)
+class Config:
+    file: str
+    node_id: str
+    peer_id: str
+    paths: tuple[PathConfig, ...]
+    identity: IdentityConfig
+    heartbeat: HeartbeatConfig = HeartbeatConfig()
+    link: LinkConfig = LinkConfig()
+    failover: FailoverConfig = FailoverConfig()
+    failback: FailbackConfig = FailbackConfig()
+    damping: DampingConfig = DampingConfig()
+    quality: QualityConfig = QualityConfig()
+    eventlog: EventLogConfig = EventLogConfig()
+    control: ControlConfig = ControlConfig()
+    metrics: MetricsConfig = MetricsConfig()
+
+    def carries(self, kind: str) -> bool:
+        return kind in self.failover.carry
+
+
+# --------------------------------------------------------------------------- validation
+class _Section:
+    """Reads typed keys from one TOML table and rejects keys it was never asked for."""
+
+    def __init__(self, file: str, prefix: str, table: Any):
+        self.file, self.prefix = file, prefix
+        if not isinstance(table, dict):
+            raise ConfigError(file, prefix, f"must be a table, not {type(table).__name__}")
+        self.table = table
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def fail(self, name: str, reason: str) -> ConfigError:
+        return ConfigError(self.file, self.key(name), reason)
+
+    def get(self, name: str, kind: type | tuple, default: Any = ..., check: Callable | None = None):
+        self.seen.add(name)
+        if name not in self.table:
+            if default is ...:
+                raise self.fail(name, "is required")
+            return default
+        value = self.table[name]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        # bool is an int in Python; a config that says `multiplier = true` is still wrong.
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            names = " or ".join(k.__name__ for k in kinds)
+            raise self.fail(name, f"must be {names}, not {type(value).__name__} ({value!r})")
+        if check is not None:
+            reason = check(value)
+            if reason:
+                raise self.fail(name, reason)
+        return value
+
+    def number(self, name: str, default: Any, lo: float, hi: float, integer: bool = False):
+        kind = int if integer else (int, float)
+        return self.get(name, kind, default, lambda v: _range(v, lo, hi))
+
+    def done(self) -> None:
+        for name in self.table:
+            if name not in self.seen:
+                raise self.fail(name, "unknown key")
+
+
+def _range(value: float, lo: float, hi: float) -> str:
+    return "" if lo <= value <= hi else f"out of range: {value} not in [{lo}, {hi}]"
+
+
+def _one_of(options: tuple[str, ...]) -> Callable[[str], str]:
+    return lambda v: "" if v in options else f"must be one of {', '.join(options)}; got {v!r}"
+
+
+def _node_id(value: str) -> str:
+    raw = value.encode("utf-8")
+    if not raw or len(raw) > NODE_ID_MAX:
+        return f"must be 1 to {NODE_ID_MAX} bytes"
+    if not value.isprintable() or " " in value:
+        return "must be printable with no spaces"
+    return ""
+
+
+def _mac(value: str) -> str:
+    return "" if value == "" or MAC_RE.match(value.lower()) else f"not a MAC address: {value!r}"
+
+
+def _ifname(value: str) -> str:
+    return "" if IFNAME_RE.match(value) else f"not a valid interface name: {value!r}"
+
+
+def _ip_interface(version: int) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        try:
+            iface = ipaddress.ip_interface(value)
+        except ValueError as exc:
+            return str(exc)
+        if iface.version != version:
+            return f"must be an IPv{version} address with prefix, got {value!r}"
+        if "/" not in value:
+            return f"needs a prefix length, e.g. {value}/24"
+        return ""
+    return check
+
+
+def _any_ip_interface(value: str) -> str:
+    reason = _ip_interface(4)(value)
+    return "" if not reason else _ip_interface(6)(value)
+
+
+def _ip_list(sec: _Section, name: str, check: Callable[[str], str]) -> tuple[str, ...]:
+    items = sec.get(name, list, [])
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise sec.fail(f"{name}[{i}]", f"must be str, not {type(item).__name__}")
+        reason = check(item)
+        if reason:
+            raise sec.fail(f"{name}[{i}]", reason)
+    return tuple(items)
+
+
+def _read_key(file: str, key_file: str, base_dir: str) -> bytes:
+    path = key_file if os.path.isabs(key_file) else os.path.join(base_dir, key_file)
+    try:
+        with open(path, "rb") as fh:
+            key = fh.read().strip()
+    except OSError as exc:
+        raise ConfigError(file, "heartbeat.key_file", f"cannot read {path}: {exc.strerror}") from None
+    if len(key) < KEY_MIN_BYTES:
+        raise ConfigError(file, "heartbeat.key_file",
+                          f"{path} holds {len(key)} bytes; at least {KEY_MIN_BYTES} are needed")
+    return key
+
+
+def parse(text: str, file: str = "<config>", base_dir: str = ".",
+          interface_exists: Callable[[str], bool] | None = None) -> Config:
+    """Parse and validate TOML ``text``. ``interface_exists`` checks each path's NIC if given."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(file, "(syntax)", str(exc)) from None
+    top = _Section(file, "", doc)
+
+    node = _Section(file, "node", top.get("node", dict))
+    node_id = node.get("id", str, check=_node_id)
+    peer_id = node.get("peer", str, check=_node_id)
+    node.done()
+    if peer_id == node_id:
+        raise ConfigError(file, "node.peer", "must differ from node.id")
+
+    raw_paths = top.get("path", list)
+    if len(raw_paths) < 2:
+        raise ConfigError(file, "path", f"needs at least 2 paths (primary first), found {len(raw_paths)}")
+    if len(raw_paths) > 8:
+        raise ConfigError(file, "path", "at most 8 paths are supported")
+    paths = []
+    for i, raw in enumerate(raw_paths):
+        sec = _Section(file, f"path[{i}]", raw)
+        paths.append(PathConfig(
+            name=sec.get("name", str, f"path{i}", check=lambda v: "" if v else "must not be empty"),
+            interface=sec.get("interface", str, check=_ifname),
+            peer_mac=sec.get("peer_mac", str, "", check=_mac).lower(),
+        ))
+        sec.done()
+    for field_name in ("name", "interface"):
+        values = [getattr(p, field_name) for p in paths]
+        for i, v in enumerate(values):
+            if values.index(v) != i:
+                raise ConfigError(file, f"path[{i}].{field_name}", f"{v!r} is used by path[{values.index(v)}] too")
+    if interface_exists is not None:
+        for i, p in enumerate(paths):
+            if not interface_exists(p.interface):
+                raise ConfigError(file, f"path[{i}].interface", f"no interface named {p.interface!r} here")
+
+    hb = _Section(file, "heartbeat", top.get("heartbeat", dict, {}))
+    d = HeartbeatConfig()
+    heartbeat = HeartbeatConfig(
+        interval_ms=float(hb.number("interval_ms", d.interval_ms, 0.5, 60000)),
+        multiplier=hb.number("multiplier", d.multiplier, 1, 255, integer=True),
+        recover_count=hb.number("recover_count", d.recover_count, 1, 1000, integer=True),
+        ethertype=hb.number("ethertype", d.ethertype, 0x0600, 0xFFFF, integer=True),
+        key_file=hb.get("key_file", str, d.key_file),
+        replay_window=hb.number("replay_window", d.replay_window, 1, 1024, integer=True),
+    )
+    hb.done()
+    if heartbeat.ethertype in (0x0800, 0x0806, 0x86DD, 0x8100, 0x88A8, 0x88CC):
+        raise ConfigError(file, "heartbeat.ethertype", f"0x{heartbeat.ethertype:04X} belongs to another protocol")
+    heartbeat = dataclasses.replace(heartbeat, key=_read_key(file, heartbeat.key_file, base_dir))
+
+    ln = _Section(file, "link", top.get("link", dict, {}))
+    d2 = LinkConfig()
+    link = LinkConfig(
+        poll_interval_ms=float(ln.number("poll_interval_ms", d2.poll_interval_ms, 0.1, 60000)),
+        down_hold_ms=float(ln.number("down_hold_ms", d2.down_hold_ms, 0, 600000)),
+        up_hold_ms=float(ln.number("up_hold_ms", d2.up_hold_ms, 0, 600000)),
+        netlink=ln.get("netlink", bool, d2.netlink),
+    )
+    ln.done()
+
+    fo = _Section(file, "failover", top.get("failover", dict, {}))
+    d3 = FailoverConfig()
+    carry = fo.get("carry", list, list(d3.carry))
+    for i, kind in enumerate(carry):
+        if kind not in CARRY_KINDS:
+            raise ConfigError(file, f"failover.carry[{i}]", f"must be one of {', '.join(CARRY_KINDS)}; got {kind!r}")
+    failover = FailoverConfig(
+        enable_delay_ms=float(fo.number("enable_delay_ms", d3.enable_delay_ms, 0, 600000)),
+        admin_down_failed=fo.get("admin_down_failed", bool, d3.admin_down_failed),
+        announce_count=fo.number("announce_count", d3.announce_count, 0, 255, integer=True),
+        announce_interval_ms=float(fo.number("announce_interval_ms", d3.announce_interval_ms, 0, 10000)),
+        carry=tuple(carry),
+        coordinate=fo.get("coordinate", bool, d3.coordinate),
+    )
+    fo.done()
+
+    fb = _Section(file, "failback", top.get("failback", dict, {}))
+    failback = FailbackConfig(
+        policy=fb.get("policy", str, "auto", check=_one_of(FAILBACK_POLICIES)),
+        hold_down_ms=float(fb.number("hold_down_ms", FailbackConfig.hold_down_ms, 0, 86400000)),
+    )
+    fb.done()
+
+    dm = _Section(file, "damping", top.get("damping", dict, {}))
+    d4 = DampingConfig()
+    damping = DampingConfig(
+        enabled=dm.get("enabled", bool, d4.enabled),
+        penalty=float(dm.number("penalty", d4.penalty, 1, 1e6)),
+        suppress=float(dm.number("suppress", d4.suppress, 1, 1e7)),
+        reuse=float(dm.number("reuse", d4.reuse, 1, 1e7)),
+        half_life_ms=float(dm.number("half_life_ms", d4.half_life_ms, 1, 86400000)),
+        max_penalty=float(dm.number("max_penalty", d4.max_penalty, 1, 1e8)),
+    )
+    dm.done()
+    if damping.reuse >= damping.suppress:
+        raise ConfigError(file, "damping.reuse", "must be below damping.suppress")
+    if damping.max_penalty < damping.suppress:
+        raise ConfigError(file, "damping.max_penalty", "must be at least damping.suppress")
+
+    qu = _Section(file, "quality", top.get("quality", dict, {}))
+    quality = QualityConfig(
+        enabled=qu.get("enabled", bool, False),
+        max_loss_percent=float(qu.number("max_loss_percent", QualityConfig.max_loss_percent, 0.1, 100)),
+        window_ms=float(qu.number("window_ms", QualityConfig.window_ms, 10, 600000)),
+    )
+    qu.done()
+
+    idn = _Section(file, "identity", top.get("identity", dict))
+    routes = []
+    for i, raw in enumerate(idn.get("routes", list, [])):
+        rs = _Section(file, f"identity.routes[{i}]", raw)
+        to = rs.get("to", str, check=_any_ip_interface)
+        via = rs.get("via", str, "", check=lambda v: "" if v == "" or _is_ip(v) else f"not an IP address: {v!r}")
+        rs.done()
+        routes.append(RouteConfig(to=to, via=via))
+    identity = IdentityConfig(
+        address=idn.get("address", str, check=_ip_interface(4)),
+        broadcast=idn.get("broadcast", str, "", check=lambda v: "" if v == "" or _is_ip(v, 4) else f"not an IPv4 address: {v!r}"),
+        ipv6=_ip_list(idn, "ipv6", _ip_interface(6)),
+        vips=_ip_list(idn, "vips", _any_ip_interface),
+        mac=idn.get("mac", str, "", check=_mac).lower(),
+        routes=tuple(routes),
+    )
+    idn.done()
+
+    el = _Section(file, "eventlog", top.get("eventlog", dict, {}))
+    d5 = EventLogConfig()
+    eventlog = EventLogConfig(
+        path=el.get("path", str, d5.path, check=lambda v: "" if v else "must not be empty"),
+        durability=el.get("durability", str, d5.durability, check=_one_of(DURABILITY)),
+        rotate_bytes=el.number("rotate_bytes", d5.rotate_bytes, 4096, 1 << 40, integer=True),
+        keep=el.number("keep", d5.keep, 1, 10000, integer=True),
+    )
+    el.done()
+
+    ct = _Section(file, "control", top.get("control", dict, {}))
+    control = ControlConfig(
+        socket=ct.get("socket", str, ControlConfig.socket, check=lambda v: "" if len(v.encode()) < 108 else "path too long for a Unix socket"),
+        mode=ct.number("mode", ControlConfig.mode, 0, 0o777, integer=True),
+    )
+    ct.done()
+
+    mt = _Section(file, "metrics", top.get("metrics", dict, {}))
+    metrics = MetricsConfig(listen=mt.get("listen", str, "", check=_hostport))
+    mt.done()
+    top.done()
+
+    return Config(file=file, node_id=node_id, peer_id=peer_id, paths=tuple(paths), identity=identity,
+                  heartbeat=heartbeat, link=link, failover=failover, failback=failback,
+                  damping=damping, quality=quality, eventlog=eventlog, control=control, metrics=metrics)
+
+
+def _is_ip(value: str, version: int | None = None) -> bool:
+    try:
+        addr = ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return version is None or addr.version == version
+
+
+def _hostport(value: str) -> str:
+    if value == "":
+        return ""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return f"must be HOST:PORT, got {value!r}"
+    return ""
+
+
+def load(path: str, interface_exists: Callable[[str], bool] | None = None) -> Config:
+    """Read and validate the file at ``path``."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise ConfigError(path, "(file)", f"cannot read: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, "(file)", f"not UTF-8 at byte {exc.start}") from None
+    return parse(text, file=path, base_dir=os.path.dirname(os.path.abspath(path)),
+                 interface_exists=interface_exists)
