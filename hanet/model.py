@@ -83,6 +83,7 @@ class DaemonStarted(Event):
     type: ClassVar[str] = "daemon.started"
     holder: int | None = None
     carrier: tuple[bool, ...] = ()
+    macs: tuple[str, ...] = ()  # each path NIC's MAC as found now
 
 
 @event
@@ -257,10 +258,14 @@ class ResumeMonitoring(Action):
 
 @action
 class DisableNic(Action):
-    """Remove the carried addresses from ``path``'s NIC; set it admin-down only if ``admin_down``."""
+    """Remove the carried addresses from ``path``'s NIC; set it admin-down only if ``admin_down``.
+
+    ``mac`` (if not "") is the MAC the NIC takes as a non-holder: half of the MAC swap.
+    """
     type: ClassVar[str] = "nic.disable"
     path: int = 0
     admin_down: bool = False
+    mac: str = ""
 
 
 @action
@@ -272,10 +277,11 @@ class PlumbNic(Action):
 
 @action
 class ConfigureNic(Action):
-    """Give ``path``'s NIC the identity MAC (swapping with ``from_path``) and stage the parameters."""
+    """Give ``path``'s NIC the identity ``mac`` (if not "") taken over from ``from_path``."""
     type: ClassVar[str] = "nic.configure"
     path: int = 0
     from_path: int | None = None
+    mac: str = ""
 
 
 @action
