@@ -311,6 +311,7 @@ class Machine:
         self._actions: list[m.Action] = []
         self._fired: Row | None = None
         self._event: m.Event | None = None
+        self._src = STARTING
         self._tm = _TMachine(model=self, states=list(STATES), initial=STARTING, auto_transitions=False,
                              ignore_invalid_triggers=False, model_attribute="state")
         for row in TABLE:
@@ -357,7 +358,7 @@ class Machine:
 
     # -- the fold
     def step(self, event: m.Event) -> Step:
-        src = self.state
+        src = self._src = self.state
         self._actions, self._fired, self._event = [], None, event
         self.now = max(self.now, event.t_ns)
         inp = self._fold_facts(event)
@@ -542,6 +543,19 @@ class Machine:
         better = [p for p in range(self.active) if self.usable(p) and self.facts[p].health == HEALTH_UP]
         return better[0] if better else None
 
+    def _failover_target(self) -> int | None:
+        """Where a failover started from the current state would go: the best candidate other than
+        the path being left (the target of a move, or the active path); from all-paths-down or a
+        restart, any usable path, the last holder included."""
+        if self._src in MOVING:
+            exclude = self.move.target
+        elif self._src in (ALL_PATHS_DOWN, STARTING) or isinstance(self._event, m.DaemonStarted):
+            exclude = None
+        else:
+            exclude = self.active
+        best = self.candidates(exclude)
+        return best[0] if best else None
+
     def _path_of(self) -> int | None:
         return getattr(self._event, "path", None)
 
@@ -553,7 +567,7 @@ class Machine:
         return ev.holder is not None and 0 < ev.holder < self.n
 
     def g_has_candidate(self, ev) -> bool:
-        return bool(self.candidates())
+        return self._failover_target() is not None
 
     def g_on_active(self, ev) -> bool:
         return self._path_of() == self.active
@@ -572,10 +586,10 @@ class Machine:
 
     def g_active_failed_with_candidate(self, ev) -> bool:
         leave = not self.usable(self.active) or self.facts[self.active].lossy
-        return self.g_on_active(ev) and leave and bool(self.candidates(self.active))
+        return self.g_on_active(ev) and leave and self._failover_target() is not None
 
     def g_target_failed_with_candidate(self, ev) -> bool:
-        return self.g_on_target(ev) and bool(self.candidates(self.move.target))
+        return self.g_on_target(ev) and self._failover_target() is not None
 
     def g_better_usable_auto(self, ev) -> bool:
         return self.params.failback_auto and self._better_path() is not None
@@ -590,7 +604,7 @@ class Machine:
         return isinstance(ev, m.ActionFailed)
 
     def g_move_step_failed_with_candidate(self, ev) -> bool:
-        return self.g_move_step_failed(ev) and bool(self.candidates(self.move.target))
+        return self.g_move_step_failed(ev) and self._failover_target() is not None
 
     def g_peer_target_usable(self, ev) -> bool:
         return (self.params.coordinate and ev.active != self.active and self.usable(ev.active))
@@ -599,12 +613,12 @@ class Machine:
         return self._operator_target(ev) is not None
 
     def g_op_failback_ok(self, ev) -> bool:
-        if self.active == 0 and self.state != ALL_PATHS_DOWN:
+        if self.active == 0 and self._src != ALL_PATHS_DOWN:
             return False
         return self.usable(0) or (ev.force and self.facts[0].present)
 
     def g_offline_active_with_candidate(self, ev) -> bool:
-        return self.g_on_active(ev) and bool(self.candidates(self.active))
+        return self.g_on_active(ev) and self._failover_target() is not None
 
     def g_offline_active_forced(self, ev) -> bool:
         return self.g_on_active(ev) and ev.force
@@ -612,7 +626,7 @@ class Machine:
     def _operator_target(self, ev: m.OperatorFailover) -> int | None:
         if ev.path is not None:
             f = self.facts[ev.path]
-            if ev.path == self.active and self.state != ALL_PATHS_DOWN:
+            if ev.path == self.active and self._src != ALL_PATHS_DOWN:
                 return None
             return ev.path if self.usable(ev.path) or (ev.force and f.present) else None
         others = self.candidates(self.active)
@@ -688,9 +702,7 @@ class Machine:
             self.e_arm_failback()
 
     def e_begin_failover(self) -> None:
-        exclude = self.move.target if self.move else self.active
-        best = self.candidates(exclude)
-        self._begin_move(best[0])
+        self._begin_move(self._failover_target())
 
     def e_begin_follow(self) -> None:
         self._begin_move(self._event.active)
