@@ -1,0 +1,184 @@
+"""The ``hanet`` command. Exit codes: 0 ok, 1 failure, 2 bad configuration or usage."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import secrets
+import sys
+
+from . import __version__
+from . import config as config_mod
+
+EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+DEFAULT_CONFIG = "/etc/hanet/hanet.toml"
+DEFAULT_SOCKET = config_mod.ControlConfig.socket
+
+
+def interface_exists(name: str) -> bool:
+    """Read-only netlink lookup in the current network namespace."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        return bool(ipr.link_lookup(ifname=name))
+
+
+def load_config(path: str, check_interfaces: bool = True) -> config_mod.Config:
+    return config_mod.load(path, interface_exists=interface_exists if check_interfaces else None)
+
+
+def cmd_check(args) -> int:
+    cfg = load_config(args.config, check_interfaces=not args.no_interfaces)
+    print(f"{cfg.file}: ok: node {cfg.node_id} -> peer {cfg.peer_id}, "
+          f"paths {', '.join(f'{p.name}({p.interface})' for p in cfg.paths)}, "
+          f"heartbeat {cfg.heartbeat.interval_ms:g} ms x {cfg.heartbeat.multiplier}")
+    return EXIT_OK
+
+
+def cmd_run(args) -> int:
+    cfg = load_config(args.config)
+    from .engine import Engine
+
+    engine = Engine(cfg, dry_run=args.dry_run)
+    return asyncio.run(engine.run())
+
+
+def cmd_replay(args) -> int:
+    from . import replay
+
+    return replay.main(args.rest)
+
+
+def _socket(args) -> str:
+    if args.socket:
+        return args.socket
+    if args.config:
+        return config_mod.load(args.config).control.socket
+    return DEFAULT_SOCKET
+
+
+def _control(args, cmd: str, **kwargs) -> int:
+    from . import control
+
+    try:
+        reply = control.request(_socket(args), cmd, **kwargs)
+    except (OSError, control.ControlError) as exc:
+        print(f"hanet: cannot reach the daemon at {_socket(args)}: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    if getattr(args, "json", False) or cmd != "status":
+        if cmd == "status" or getattr(args, "json", False):
+            print(json.dumps(reply, indent=2, sort_keys=True))
+        else:
+            verdict = "done" if reply.get("ok") else "refused"
+            print(f"{cmd} {verdict}: {reply.get('reason') or reply.get('error', '')} "
+                  f"(state {reply.get('state')}, active path {reply.get('active')})")
+    else:
+        print(control.render_status(reply))
+    return EXIT_OK if reply.get("ok", True) else EXIT_FAIL
+
+
+def cmd_status(args) -> int:
+    return _control(args, "status")
+
+
+def cmd_failover(args) -> int:
+    return _control(args, "failover", path=args.to, force=args.force)
+
+
+def cmd_failback(args) -> int:
+    return _control(args, "failback", force=args.force)
+
+
+def cmd_offline(args) -> int:
+    return _control(args, "offline", interface=args.interface, force=args.force)
+
+
+def cmd_online(args) -> int:
+    return _control(args, "online", interface=args.interface)
+
+
+def cmd_keygen(args) -> int:
+    """Write a new random heartbeat key, readable by the owner only."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(args.file, flags, 0o600)
+    except FileExistsError:
+        print(f"hanet: {args.file} exists; not overwriting a key", file=sys.stderr)
+        return EXIT_FAIL
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32) + "\n")
+    print(f"wrote a 256-bit key to {args.file}; copy it to the peer")
+    return EXIT_OK
+
+
+def cmd_lab(args) -> int:
+    from . import lab
+
+    return lab.main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hanet", description="Keeps two servers talking when a path between them breaks.")
+    parser.add_argument("--version", action="version", version=f"hanet {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the daemon")
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    p.add_argument("--dry-run", action="store_true", help="print each action it would take; touch nothing")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check", help="validate a configuration file")
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    p.add_argument("--no-interfaces", action="store_true", help="do not check that the NICs exist here")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("replay", help="timeline, --verify, --stats of event logs", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("lab", help="two namespaced nodes: up, fault, heal, status, down, demo", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_lab)
+
+    for name, func, help_text in (("status", cmd_status, "state, paths, RTT, drops, last transitions"),
+                                  ("failover", cmd_failover, "planned switch away from the active path"),
+                                  ("failback", cmd_failback, "planned return to the primary"),
+                                  ("offline", cmd_offline, "take a NIC out of service"),
+                                  ("online", cmd_online, "bring a NIC back into service")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("-s", "--socket", help=f"control socket (default: from -c, else {DEFAULT_SOCKET})")
+        p.add_argument("-c", "--config", help="read the control socket path from this configuration")
+        if name in ("offline", "online"):
+            p.add_argument("interface", help="the NIC (or path name)")
+        if name == "failover":
+            p.add_argument("--to", help="target NIC or path name (default: the best usable)")
+        if name in ("failover", "failback", "offline"):
+            p.add_argument("--force", action="store_true", help="even onto / off a path not known healthy")
+        if name == "status":
+            p.add_argument("--json", action="store_true")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("keygen", help="write a new random heartbeat key file")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_keygen)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="hanet: %(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except config_mod.ConfigError as exc:
+        print(f"hanet: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return EXIT_FAIL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

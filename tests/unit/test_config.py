@@ -1,0 +1,118 @@
+"""Configuration: the example file is valid, and every kind of bad input names file, key and reason."""
+from __future__ import annotations
+
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+from hanet import config
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+EXAMPLE = (ROOT / "conf" / "hanet.toml").read_text()
+
+
+@pytest.fixture
+def keyfile(tmp_path):
+    path = tmp_path / "heartbeat.key"
+    path.write_text("0123456789abcdef0123456789abcdef\n")
+    return path
+
+
+def example(keyfile, **subs) -> str:
+    text = EXAMPLE.replace("/etc/hanet/heartbeat.key", str(keyfile))
+    for old, new in subs.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    return text
+
+
+def test_example_file_is_valid_and_documents_every_key(keyfile):
+    cfg = config.parse(example(keyfile), file="hanet.toml")
+    assert cfg.node_id == "alpha" and cfg.peer_id == "beta"
+    assert [p.interface for p in cfg.paths] == ["nic1", "nic3"]
+    assert cfg.heartbeat.key.startswith(b"0123")
+    assert cfg.identity.broadcast_address == "192.0.2.255"
+    # Every dataclass field appears as a key in the example (the key itself is read from key_file).
+    keys = set(re.findall(r"^\s*([a-z_0-9]+)\s*=", EXAMPLE, re.M))
+    for section in (config.HeartbeatConfig, config.LinkConfig, config.FailoverConfig, config.FailbackConfig,
+                    config.DampingConfig, config.QualityConfig, config.IdentityConfig, config.EventLogConfig,
+                    config.ControlConfig, config.MetricsConfig, config.PathConfig):
+        for field in section.__dataclass_fields__:
+            if field != "key":
+                assert field in keys, f"{section.__name__}.{field} missing from conf/hanet.toml"
+
+
+BAD = [
+    ({"[node]\nid": "[node\nid"}, "(syntax)", "Expected"),
+    ({'multiplier = 3 ': 'multiplyer = 3 '}, "heartbeat.multiplyer", "unknown key"),
+    ({'multiplier = 3 ': 'multiplier = "3" '}, "heartbeat.multiplier", "must be int"),
+    ({'multiplier = 3 ': 'multiplier = true '}, "heartbeat.multiplier", "must be int"),
+    ({'multiplier = 3 ': 'multiplier = 0 '}, "heartbeat.multiplier", "out of range"),
+    ({'interval_ms = 10.0': 'interval_ms = 0.01'}, "heartbeat.interval_ms", "out of range"),
+    ({'address = "192.0.2.1/24"': 'address = "192.0.2.300/24"'}, "identity.address", "192.0.2.300"),
+    ({'address = "192.0.2.1/24"': 'address = "192.0.2.1"'}, "identity.address", "prefix"),
+    ({'vips = ["192.0.2.100/24"]': 'vips = ["nope"]'}, "identity.vips[0]", "does not appear"),
+    ({'mac = ""                    #': 'mac = "zz:00:00:00:00:00" #'}, "identity.mac", "not a MAC"),
+    ({'policy = "auto"': 'policy = "sometimes"'}, "failback.policy", "must be one of"),
+    ({'durability = "transition"': 'durability = "maybe"'}, "eventlog.durability", "must be one of"),
+    ({'"routes"]': '"routes", "mtu"]'}, "failover.carry[6]", "must be one of"),
+    ({'interface = "nic3"': 'interface = "nic1"'}, "path[1].interface", "used by path[0]"),
+    ({'peer = "beta"': 'peer = "alpha"'}, "node.peer", "must differ"),
+    ({'id = "alpha"': 'id = "a-very-long-node-identifier"'}, "node.id", "1 to 16 bytes"),
+    ({'ethertype = 0x88B5': 'ethertype = 0x0800'}, "heartbeat.ethertype", "another protocol"),
+    ({'reuse = 750.0': 'reuse = 5000.0'}, "damping.reuse", "below damping.suppress"),
+    ({'listen = ""': 'listen = "localhost"'}, "metrics.listen", "HOST:PORT"),
+]
+
+
+@pytest.mark.parametrize("subs,key,reason", BAD, ids=[b[1] for b in BAD])
+def test_bad_input_names_the_key(keyfile, subs, key, reason):
+    with pytest.raises(config.ConfigError) as info:
+        config.parse(example(keyfile, **subs), file="bad.toml")
+    assert info.value.file == "bad.toml"
+    assert info.value.key == key
+    assert reason in info.value.reason
+
+
+def test_missing_section_and_single_path(keyfile):
+    text = example(keyfile)
+    no_identity = text.split("# The identity that moves")[0]
+    with pytest.raises(config.ConfigError, match="identity: is required"):
+        config.parse(no_identity)
+    one_path = re.sub(r"\[\[path\]\]\nname = \"alternate\"\ninterface = \"nic3\"\n", "", text)
+    with pytest.raises(config.ConfigError, match="at least 2 paths"):
+        config.parse(one_path)
+
+
+@pytest.mark.parametrize("content,reason", [(None, "cannot read"), ("short\n", "at least 16")])
+def test_key_file_missing_or_short_is_a_config_error(tmp_path, content, reason):
+    key = tmp_path / "k"
+    if content is not None:
+        key.write_text(content)
+    with pytest.raises(config.ConfigError) as info:
+        config.parse(example(key))
+    assert info.value.key == "heartbeat.key_file" and reason in info.value.reason
+
+
+def test_missing_interface_is_reported(keyfile):
+    with pytest.raises(config.ConfigError) as info:
+        config.parse(example(keyfile), interface_exists=lambda name: name != "nic3")
+    assert info.value.key == "path[1].interface" and "no interface named 'nic3'" in info.value.reason
+
+
+def test_cli_check_exits_2_naming_file_and_key(tmp_path, keyfile):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(example(keyfile, **{'multiplier = 3 ': 'multiplier = 300 '}))
+    proc = subprocess.run([sys.executable, "-m", "hanet", "check", "--no-interfaces", "-c", str(bad)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2
+    assert f"{bad}: heartbeat.multiplier: out of range" in proc.stderr
+    good = tmp_path / "good.toml"
+    good.write_text(example(keyfile))
+    proc = subprocess.run([sys.executable, "-m", "hanet", "check", "--no-interfaces", "-c", str(good)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "ok" in proc.stdout
