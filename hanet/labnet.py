@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import itertools
 import os
+import secrets
 import subprocess
 from dataclasses import dataclass, field
 
@@ -30,7 +31,10 @@ def sh(*argv: str, check: bool = True, input: str | None = None) -> subprocess.C
     return proc
 
 
-def unique_name(tag: str) -> str:
+def unique_name(tag: str, persistent: bool = False) -> str:
+    """``hn-<tag>-<pid>-<n>``; a persistent namespace outlives this process: ``hn-<tag>-<random>``."""
+    if persistent:
+        return f"{PREFIX}{tag}-{secrets.token_hex(3)}"
     return f"{PREFIX}{tag}-{os.getpid()}-{next(_counter)}"
 
 
@@ -65,10 +69,11 @@ class Netns:
     name: str
 
     @classmethod
-    def create(cls, tag: str) -> "Netns":
-        name = unique_name(tag)
+    def create(cls, tag: str, persistent: bool = False) -> "Netns":
+        name = unique_name(tag, persistent)
         sh("ip", "netns", "add", name)
-        _live.add(name)
+        if not persistent:
+            _live.add(name)  # removed at interpreter exit at the latest
         ns = cls(name)
         ns.ip("link", "set", "lo", "up")
         return ns
@@ -155,10 +160,10 @@ class TwoNodeLab:
     cables: list[tuple[str, str]] = field(default_factory=lambda: [("nic1", "nic2"), ("nic3", "nic4")])
 
     @classmethod
-    def create(cls, tag: str = "lab", cables: int = 2) -> "TwoNodeLab":
-        a = Netns.create(f"{tag}a")
+    def create(cls, tag: str = "lab", cables: int = 2, persistent: bool = False) -> "TwoNodeLab":
+        a = Netns.create(f"{tag}a", persistent)
         try:
-            b = Netns.create(f"{tag}b")
+            b = Netns.create(f"{tag}b", persistent)
         except Exception:
             a.delete()
             raise

@@ -1,0 +1,129 @@
+"""Event-log rates: appends (buffered, write-through, and with the transition fsync policy) and
+decoding (framing + CRC + msgpack + schema check), on a real file system.
+
+    python bench/bench_eventlog.py [--records N] [--repeats R] [--dir DIR] [--json FILE]
+
+Rates are records per second: the median and the slowest (p99 over repeats is the minimum for
+few repeats) of R runs. The fsync policy is reported as per-transition latency (median, p99).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+from hanet import machine, model
+from hanet.eventlog import Writer, read_file
+
+EVENTS = (
+    model.HeartbeatSuspect(t_ns=1_000_000_000, path=0, misses=1, send_lag_max_ns=12_000, recv_delay_max_ns=30_000),
+    model.HeartbeatCleared(t_ns=1_010_000_000, path=0, rtt_ns=81_000),
+    model.PathQuality(t_ns=1_020_000_000, path=1, loss_ppm=1200, rtt_p50_ns=80_000, rtt_p99_ns=240_000),
+    model.HeartbeatLost(t_ns=1_030_000_000, path=0, misses=3, first_miss_ns=1_000_000_000,
+                        send_lag_max_ns=12_000, recv_delay_max_ns=30_000),
+)
+STEP = machine.Step(src="Monitoring", dst="Failing-Over", trigger="heartbeat.lost",
+                    reason="heartbeats lost on the active path", active=1,
+                    actions=(model.PauseMonitoring(id=1, path=0), model.DisableNic(id=2, path=0),
+                             model.ConfigureNic(id=3, path=1, from_path=0, mac="02:00:00:00:00:01"),
+                             model.EnableNic(id=4, path=1), model.Announce(id=5, path=1, count=3),
+                             model.MoveRoutes(id=6, path=1)))
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def append_rate(directory: str, records: int, buffer_bytes: int) -> float:
+    """Events and one transition in ten, durability "none": the cost of encoding and writing."""
+    path = os.path.join(directory, f"append-{buffer_bytes}.hlog")
+    if os.path.exists(path):
+        os.unlink(path)
+    with Writer(path, "alpha", durability="none", rotate_bytes=1 << 40, buffer_bytes=buffer_bytes) as w:
+        start = time.perf_counter()
+        for i in range(records):
+            if i % 10 == 9:
+                w.transition(STEP, i)
+            else:
+                w.event(EVENTS[i & 3])
+        w.flush()
+        elapsed = time.perf_counter() - start
+    return records / elapsed
+
+
+def transition_latencies(directory: str, count: int) -> list[float]:
+    """Seconds per durable transition append (write + fdatasync), with an event before each."""
+    path = os.path.join(directory, "durable.hlog")
+    out = []
+    with Writer(path, "alpha", durability="transition", rotate_bytes=1 << 40) as w:
+        for i in range(count):
+            cause = w.event(EVENTS[3])
+            start = time.perf_counter()
+            w.transition(STEP, cause)
+            out.append(time.perf_counter() - start)
+    return out
+
+
+def decode_rate(path: str) -> tuple[float, int]:
+    damage = []
+    start = time.perf_counter()
+    count = 0
+    for _entry in read_file(path, damage.append):
+        count += 1
+    elapsed = time.perf_counter() - start
+    if damage:
+        raise SystemExit(f"bench file is damaged: {damage[0]}")
+    return count / elapsed, count
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--records", type=int, default=200_000)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--transitions", type=int, default=500, help="durable transitions to time")
+    ap.add_argument("--dir", default=None, help="where to write (default: a new dir in /var/tmp)")
+    ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    args = ap.parse_args(argv)
+    directory = tempfile.mkdtemp(prefix="hanet-bench-", dir=args.dir or "/var/tmp")
+    try:
+        results: dict = {"records": args.records, "repeats": args.repeats}
+        for label, buffer_bytes in (("append_write_through", 0), ("append_buffered_64k", 65536)):
+            rates = [append_rate(directory, args.records, buffer_bytes) for _ in range(args.repeats)]
+            results[label] = {"median_per_s": statistics.median(rates), "min_per_s": min(rates)}
+        path = os.path.join(directory, "append-65536.hlog")
+        results["file_bytes"] = os.path.getsize(path)
+        rates = []
+        for _ in range(args.repeats):
+            rate, count = decode_rate(path)
+            rates.append(rate)
+        results["decode"] = {"median_per_s": statistics.median(rates), "min_per_s": min(rates),
+                             "records": count}
+        lat = transition_latencies(directory, args.transitions)
+        results["transition_fsync"] = {"count": len(lat), "median_us": statistics.median(lat) * 1e6,
+                                       "p99_us": quantile(lat, 0.99) * 1e6,
+                                       "per_s": len(lat) / sum(lat)}
+    finally:
+        shutil.rmtree(directory)
+
+    print(f"records per run: {args.records} (1 transition in 10), {args.repeats} runs, "
+          f"file {results['file_bytes']} bytes")
+    for label in ("append_write_through", "append_buffered_64k", "decode"):
+        r = results[label]
+        print(f"{label:22s} median {r['median_per_s']:>10,.0f} rec/s   slowest run {r['min_per_s']:>10,.0f} rec/s")
+    t = results["transition_fsync"]
+    print(f"{'transition_fsync':22s} median {t['median_us']:8.1f} us   p99 {t['p99_us']:8.1f} us"
+          f"   ({t['per_s']:,.0f} durable transitions/s, {t['count']} timed)")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,387 @@
+"""The Unix control socket: ``hanet status`` and the operator commands.
+
+Protocol: a Unix stream socket (owner-only, mode 0600, by default), one JSON object per line each
+way. A connection may carry several requests; each gets exactly one response line, in order.
+
+    request   {"cmd": "offline", "args": {"interface": "nic3", "force": false}}
+    response  {"ok": true, ...}            or   {"ok": false, "error": "reason"}
+
+Commands and their ``args`` (all optional unless marked):
+
+    status                                         -> {"ok": true, "status": STATUS}
+    failover   to: str (path name or interface), force: bool
+    failback   force: bool
+    offline    interface: str (required), force: bool
+    online     interface: str (required)
+
+A line that is not UTF-8 JSON, an unknown command, unknown or mistyped args, or a line longer than
+64 KiB gets ``{"ok": false, "error": ...}`` and the connection stays usable.
+
+The daemon's handler ``handler(cmd, args, who) -> dict`` runs on the event loop; ``who`` names the
+peer from SO_PEERCRED ("uid=0 pid=1234 comm=hanet") and goes into the operator event. The keys it
+returns are merged into the ``{"ok": true}`` response; it refuses a command by raising
+``CommandError(reason)``.
+
+STATUS, the shape ``render_status`` reads (keys marked ? may be absent):
+
+    node         str      this node's id
+    state        str      the machine's state
+    active       int|None index of the path whose NIC holds the identity (None: none does)
+    active_name  str|None that path's name
+    uptime_s     float    seconds since the daemon started
+    paths        list of, per configured path in priority order:
+        index int, name str, interface str,
+        health str          "up", "suspect", "down", ... as the heartbeat session sees it
+        carrier bool, offline bool (operator), damped bool, penalty float (flap damping)
+        rtt_p50_us, rtt_p99_us  float|None   heartbeat round trip over the quality window
+        sent int, received int               heartbeat requests sent, replies received
+        drops {reason: count}                frames dropped on this path, by reason
+    transitions  list, oldest first, of the last few:
+        wall str (ISO 8601 UTC), src str, dst str, trigger str (event type), reason? str
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import stat
+import struct
+import time
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+MAX_LINE = 64 * 1024          # bytes per request line, newline excluded
+MAX_RESPONSE = 16 * 1024 * 1024
+MAX_CLIENTS = 16
+IDLE_TIMEOUT_S = 60.0         # a connection that sends nothing for this long is closed
+
+# cmd -> {arg: (type, required)}
+COMMANDS: dict[str, dict[str, tuple[type, bool]]] = {
+    "status": {},
+    "failover": {"to": (str, False), "force": (bool, False)},
+    "failback": {"force": (bool, False)},
+    "offline": {"interface": (str, True), "force": (bool, False)},
+    "online": {"interface": (str, True)},
+}
+
+Handler = Callable[[str, dict, str], dict]
+
+
+class ControlError(Exception):
+    """The control socket cannot be served, or a request could not be carried out."""
+
+
+class CommandError(Exception):
+    """Raised by a handler to refuse a command; the text goes back to the operator."""
+
+
+class _LineTooLong(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------- server
+class ControlServer:
+    def __init__(self, path: str, mode: int, handler: Handler):
+        self.path = path
+        self.mode = mode
+        self.handler = handler
+        self._server: asyncio.AbstractServer | None = None
+        self._inode: int | None = None
+        self._clients: dict[asyncio.Task, asyncio.StreamWriter] = {}
+
+    async def start(self) -> None:
+        _claim_path(self.path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            # bind(2) creates the file with the socket inode's mode less the umask: setting it first
+            # means the file is never, even for an instant, wider than `mode`.
+            os.fchmod(sock.fileno(), self.mode)
+            sock.bind(self.path)
+            os.chmod(self.path, self.mode)  # give back bits the umask took away
+            self._inode = os.stat(self.path).st_ino
+            self._server = await asyncio.start_unix_server(self._serve, sock=sock, limit=MAX_LINE)
+        except OSError as exc:
+            sock.close()
+            raise ControlError(f"cannot serve control socket {self.path}: {exc.strerror or exc}") from None
+        log.info("control socket listening path=%s mode=%04o", self.path, self.mode)
+
+    async def close(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        for writer in self._clients.values():
+            writer.close()  # each connection's task then sees end of stream and returns
+        if self._clients:
+            await asyncio.wait(list(self._clients), timeout=5.0)
+        await server.wait_closed()
+        # Unlink only our own socket file, not one a successor has bound since.
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(self.path).st_ino == self._inode:
+                os.unlink(self.path)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._clients) >= MAX_CLIENTS:
+            writer.write(_encode({"ok": False, "error": f"busy: {MAX_CLIENTS} clients connected"}))
+            writer.close()
+            return
+        task = asyncio.current_task()
+        self._clients[task] = writer
+        who = peer_identity(writer.get_extra_info("socket"))
+        try:
+            while True:
+                try:
+                    line = await asyncio.wait_for(_read_line(reader), IDLE_TIMEOUT_S)
+                except _LineTooLong:
+                    response = {"ok": False, "error": f"request line longer than {MAX_LINE} bytes"}
+                except TimeoutError:
+                    break
+                else:
+                    if line is None:
+                        break
+                    response = self._respond(line, who)
+                writer.write(_encode(response))
+                await writer.drain()
+        except ConnectionError:
+            pass  # the client went away mid-answer
+        finally:
+            self._clients.pop(task, None)
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    def _respond(self, line: bytes, who: str) -> dict:
+        try:
+            cmd, args = parse_request(line)
+        except ValueError as exc:
+            return {"ok": False, "error": str(exc)}
+        try:
+            result = self.handler(cmd, args, who)
+            if not isinstance(result, dict):
+                raise TypeError(f"handler returned {type(result).__name__}, not dict")
+        except CommandError as exc:
+            log.info("control command refused cmd=%s who=%s reason=%s", cmd, who, exc)
+            return {"ok": False, "error": str(exc)}
+        except Exception as exc:  # one request's bug must not take the control socket down
+            log.exception("control handler failed cmd=%s who=%s", cmd, who)
+            return {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
+        if cmd != "status":
+            log.info("control command cmd=%s args=%s who=%s", cmd, json.dumps(args, sort_keys=True), who)
+        return {"ok": True, **{k: v for k, v in result.items() if k != "ok"}}
+
+
+def _claim_path(path: str) -> None:
+    """Remove a stale socket left by a dead daemon; refuse if a live one still answers there."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ControlError(f"{path} exists and is not a socket; not removing it")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            pass  # nobody listens: stale
+        except TimeoutError:
+            raise ControlError(f"another server is listening on {path} (its backlog is full)") from None
+        else:
+            raise ControlError(f"another server is listening on {path}")
+    os.unlink(path)
+    log.info("removed stale control socket path=%s", path)
+
+
+async def _read_line(reader: asyncio.StreamReader) -> bytes | None:
+    """One request line without its newline; None at end of stream. Raises _LineTooLong after
+    discarding the whole oversize line, so the next line is read cleanly."""
+    try:
+        return (await reader.readuntil(b"\n"))[:-1]
+    except asyncio.IncompleteReadError as exc:
+        return exc.partial or None  # a last request without a newline still counts
+    except asyncio.LimitOverrunError as exc:
+        consumed = exc.consumed
+    while True:
+        await reader.readexactly(consumed)
+        try:
+            await reader.readuntil(b"\n")
+            raise _LineTooLong
+        except asyncio.IncompleteReadError:
+            raise _LineTooLong from None
+        except asyncio.LimitOverrunError as exc:
+            consumed = exc.consumed
+
+
+def parse_request(line: bytes) -> tuple[str, dict[str, Any]]:
+    """Validate one request line: (cmd, args), or ValueError saying what is wrong."""
+    try:
+        request = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError("request is not UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"request is not JSON: {exc}") from None
+    if not isinstance(request, dict):
+        raise ValueError(f"request must be a JSON object, not {type(request).__name__}")
+    unknown = set(request) - {"cmd", "args"}
+    if unknown:
+        raise ValueError(f"unknown request keys: {', '.join(sorted(unknown))}")
+    cmd = request.get("cmd")
+    if not isinstance(cmd, str):
+        raise ValueError('request needs "cmd", a string')
+    if cmd not in COMMANDS:
+        raise ValueError(f"unknown command {cmd!r}; known: {', '.join(COMMANDS)}")
+    args = request.get("args", {})
+    if not isinstance(args, dict):
+        raise ValueError('"args" must be a JSON object')
+    schema = COMMANDS[cmd]
+    for name, value in args.items():
+        if name not in schema:
+            raise ValueError(f"{cmd}: unknown argument {name!r}")
+        kind = schema[name][0]
+        if not isinstance(value, kind):
+            raise ValueError(f"{cmd}: {name} must be {_json_type(kind)}, not {_json_type(type(value))}")
+    for name, (_, required) in schema.items():
+        if required and name not in args:
+            raise ValueError(f"{cmd}: argument {name!r} is required")
+    return cmd, args
+
+
+def _json_type(kind: type) -> str:
+    return {str: "a string", bool: "true or false", int: "a number", float: "a number",
+            dict: "an object", list: "an array", type(None): "null"}.get(kind, kind.__name__)
+
+
+def _encode(response: dict) -> bytes:
+    try:
+        return json.dumps(response, separators=(",", ":")).encode() + b"\n"
+    except (TypeError, ValueError) as exc:
+        log.error("control response not serialisable error=%s", exc)
+        return _encode({"ok": False, "error": f"internal error: response not serialisable: {exc}"})
+
+
+def peer_identity(sock: socket.socket) -> str:
+    """"uid=0 pid=1234 comm=hanet" from the connecting process's SO_PEERCRED."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, _gid = struct.unpack("3i", creds)
+    try:
+        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as fh:
+            comm = "_".join(fh.read().split()) or "?"
+    except OSError:
+        comm = "?"  # the client has already exited
+    return f"uid={uid} pid={pid} comm={comm}"
+
+
+# --------------------------------------------------------------------------- client
+def request(path: str, cmd: str, timeout: float = 5.0, **args: Any) -> dict:
+    """Send one command to the daemon at ``path`` and return its response dict (which may say
+    ``"ok": false``). Raises ControlError when the daemon cannot be reached or answers garbage."""
+    deadline = time.monotonic() + timeout
+    payload = json.dumps({"cmd": cmd, "args": args}).encode() + b"\n"
+    buf = b""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(path)
+            sock.sendall(payload)
+            while not buf.endswith(b"\n"):
+                if len(buf) > MAX_RESPONSE:
+                    raise ControlError(f"response from {path} exceeds {MAX_RESPONSE} bytes")
+                sock.settimeout(max(deadline - time.monotonic(), 0.001))
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise ControlError(f"{path} closed the connection without an answer")
+                buf += chunk
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        raise ControlError(f"hanet is not running (no control socket at {path}: {exc.strerror})") from None
+    except TimeoutError:
+        raise ControlError(f"no answer from {path} within {timeout:g} s") from None
+    except OSError as exc:
+        raise ControlError(f"{path}: {exc.strerror or exc}") from None
+    try:
+        response = json.loads(buf)
+    except ValueError:
+        raise ControlError(f"{path} answered something that is not JSON") from None
+    if not isinstance(response, dict) or not isinstance(response.get("ok"), bool):
+        raise ControlError(f"{path} answered without an \"ok\" field")
+    return response
+
+
+# --------------------------------------------------------------------------- rendering
+def render_status(status: dict) -> str:
+    """The human view of a STATUS dict (see the module docstring) for ``hanet status``."""
+    active = status.get("active")
+    if active is None:
+        holder = "none"
+    else:
+        holder = f"{status.get('active_name') or '?'} (path {active})"
+    lines = [
+        f"node {status.get('node', '?')}   state {status.get('state', '?')}   "
+        f"active {holder}   uptime {_duration(status.get('uptime_s'))}",
+        "",
+    ]
+    header = ["", "#", "name", "interface", "health", "carrier", "flags", "penalty",
+              "rtt p50", "rtt p99", "sent", "received", "drops"]
+    rows = [header]
+    for p in status.get("paths", []):
+        flags = [f for f in ("offline", "damped") if p.get(f)]
+        rows.append([
+            "*" if p.get("index") == active and active is not None else "",
+            str(p.get("index", "?")),
+            str(p.get("name", "?")),
+            str(p.get("interface", "?")),
+            str(p.get("health", "?")),
+            {True: "yes", False: "no"}.get(p.get("carrier"), "?"),
+            ",".join(flags) or "-",
+            f"{p.get('penalty', 0.0):.0f}",
+            _rtt(p.get("rtt_p50_us")),
+            _rtt(p.get("rtt_p99_us")),
+            str(p.get("sent", 0)),
+            str(p.get("received", 0)),
+            _drops(p.get("drops") or {}),
+        ])
+    lines.extend(_table(rows))
+    transitions = status.get("transitions", [])
+    lines.append("")
+    if not transitions:
+        lines.append("no transitions yet")
+    else:
+        lines.append("last transitions (oldest first):")
+        for t in transitions:
+            line = f"  {t.get('wall', '?')}  {t.get('src', '?')} -> {t.get('dst', '?')}  trigger={t.get('trigger', '?')}"
+            if t.get("reason"):
+                line += f"  reason={t['reason']}"
+            lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def _rtt(us: float | None) -> str:
+    if us is None:
+        return "-"
+    return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.1f} us"
+
+
+def _drops(drops: dict) -> str:
+    parts = [f"{reason}={count}" for reason, count in sorted(drops.items()) if count]
+    return ",".join(parts) or "-"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    clock = f"{hours:02d}:{minutes:02d}:{secs:02d}"
+    return f"{days}d {clock}" if days else clock

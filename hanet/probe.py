@@ -1,0 +1,118 @@
+"""Heartbeat prober and responder for every path, around the nogil loop in hanet._fastprobe.
+
+The loop runs in its own thread without the GIL; Python sees only threshold events (as
+hanet.model events) through ``fileno()``/``drain()``, and counters on demand through ``stats()``.
+There is no pure-Python fallback: if hanet._fastprobe cannot be imported, neither can this module.
+"""
+from __future__ import annotations
+
+import threading
+
+from hanet import _fastprobe, model
+from hanet.config import Config
+
+
+def percentile(samples: list[int], q: float) -> int:
+    """Nearest-rank percentile (0 for no samples)."""
+    if not samples:
+        return 0
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))]
+
+
+def _to_event(kind: int, path: int, t_ns: int, a: int, b: int, c: int, d: int) -> model.Event:
+    if kind == _fastprobe.EV_SUSPECT_:
+        return model.HeartbeatSuspect(t_ns=t_ns, path=path, misses=a, send_lag_max_ns=c,
+                                      recv_delay_max_ns=d)
+    if kind == _fastprobe.EV_LOST_:
+        return model.HeartbeatLost(t_ns=t_ns, path=path, misses=a, first_miss_ns=b,
+                                   send_lag_max_ns=c, recv_delay_max_ns=d)
+    if kind == _fastprobe.EV_CLEARED_:
+        return model.HeartbeatCleared(t_ns=t_ns, path=path, rtt_ns=a)
+    if kind == _fastprobe.EV_RECOVERED_:
+        return model.HeartbeatRecovered(t_ns=t_ns, path=path, replies=a, rtt_ns=b)
+    if kind == _fastprobe.EV_LINK_DOWN_:
+        return model.LinkDown(t_ns=t_ns, path=path, source="poll")
+    if kind == _fastprobe.EV_LINK_UP_:
+        return model.LinkUp(t_ns=t_ns, path=path, source="poll")
+    if kind == _fastprobe.EV_NOTICE_:
+        return model.PeerNotice(t_ns=t_ns, path=path, active=a, peer_seq=b)
+    if kind == _fastprobe.EV_QUALITY_:
+        return model.PathQuality(t_ns=t_ns, path=path, loss_ppm=a, rtt_p50_ns=b, rtt_p99_ns=c)
+    raise ValueError(f"unknown probe event kind {kind}")
+
+
+class Prober:
+    """Probes and answers on every path of ``cfg`` (path id = index in ``cfg.paths``)."""
+
+    def __init__(self, cfg: Config):
+        hb = cfg.heartbeat
+        self._engine = _fastprobe.Engine(
+            node_id=cfg.node_id, peer_id=cfg.peer_id, key=hb.key,
+            paths=[(p.interface, p.peer_mac) for p in cfg.paths],
+            interval_ms=hb.interval_ms, multiplier=hb.multiplier, recover_count=hb.recover_count,
+            ethertype=hb.ethertype, replay_window=hb.replay_window,
+            poll_interval_ms=cfg.link.poll_interval_ms,
+            quality_window_ms=cfg.quality.window_ms if cfg.quality.enabled else 0.0,
+        )
+        self._names = [p.name for p in cfg.paths]
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Open the sockets (OSError names the path on failure) and start the loop thread."""
+        if self._thread is not None:
+            return
+        self._engine.open()
+        self._thread = threading.Thread(target=self._engine.run, name="hanet-probe", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._engine.stop()
+        self._thread.join()
+        self._thread = None
+        self._engine.close()
+
+    def __enter__(self) -> "Prober":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def fileno(self) -> int:
+        return self._engine.event_fileno()
+
+    def drain(self) -> list[model.Event]:
+        return [_to_event(*raw) for raw in self._engine.drain()]
+
+    def pause(self, path: int) -> None:
+        self._engine.pause(path)
+
+    def resume(self, path: int) -> None:
+        self._engine.resume(path)
+
+    def send_notice(self, path: int, active: int) -> None:
+        self._engine.send_notice(path, active)
+
+    def rebind(self, path: int) -> int:
+        """Reopen ``path``'s socket by interface name; returns the new ifindex."""
+        return self._engine.rebind(path)
+
+    def carrier(self, path: int) -> bool:
+        return self._engine.carrier(path)
+
+    def events_overflowed(self) -> int:
+        """Events lost because nobody drained a full queue (should stay 0)."""
+        return self._engine.overflow()
+
+    def stats(self) -> list[dict]:
+        out = []
+        for i, name in enumerate(self._names):
+            snap = {"name": name, **self._engine.snapshot(i)}
+            rtt, lag = snap.pop("rtt_samples"), snap.pop("lag_samples")
+            snap.update(rtt_p50_ns=percentile(rtt, 0.5), rtt_p99_ns=percentile(rtt, 0.99),
+                        send_lag_p50_ns=percentile(lag, 0.5), send_lag_p99_ns=percentile(lag, 0.99))
+            out.append(snap)
+        return out

@@ -1,0 +1,312 @@
+"""The prober in two namespaces with real frames: replies, loss, recovery, carrier, hostile input."""
+from __future__ import annotations
+
+import os
+import random
+import socket
+import time
+
+import pytest
+from nsrun import in_netns, wait_for
+
+from hanet import config, frame, labnet, model
+from hanet.probe import Prober
+
+pytestmark = pytest.mark.lab
+
+ETH_P_HANET = 0x88B5
+ETH_P_ALL = 0x0003
+PACKET_OUTGOING = 4
+INTERVAL_MS = 10.0
+MULTIPLIER = 3
+TOLERANCE_NS = 100_000_000  # generous: scheduling on a busy 2-core VM, nft start-up
+
+
+def node_config(tmp_path, node: str, peer: str, nics: tuple[str, str], *, poll_ms: float = 1.0,
+                quality_ms: float = 0.0) -> config.Config:
+    key_file = tmp_path / "heartbeat.key"
+    if not key_file.exists():
+        key_file.write_bytes(os.urandom(32).hex().encode())
+    quality = f"[quality]\nenabled = true\nwindow_ms = {quality_ms}\n" if quality_ms else ""
+    text = f"""
+[node]
+id = "{node}"
+peer = "{peer}"
+[[path]]
+name = "primary"
+interface = "{nics[0]}"
+[[path]]
+name = "alternate"
+interface = "{nics[1]}"
+[heartbeat]
+interval_ms = {INTERVAL_MS}
+multiplier = {MULTIPLIER}
+recover_count = 3
+key_file = "{key_file}"
+[link]
+poll_interval_ms = {poll_ms}
+{quality}
+[identity]
+address = "192.0.2.1/24"
+"""
+    return config.parse(text, file=str(tmp_path / f"{node}.toml"))
+
+
+class Node:
+    """A Prober started inside one namespace, with every event it has emitted so far."""
+
+    def __init__(self, ns: labnet.Netns, cfg: config.Config):
+        self.ns, self.cfg = ns, cfg
+        self.prober = Prober(cfg)
+        self.events: list[model.Event] = []
+        with in_netns(ns.name):
+            self.prober.start()
+
+    def collect(self) -> list[model.Event]:
+        self.events += self.prober.drain()
+        return self.events
+
+    def find(self, kind: type, path: int, after_ns: int = 0) -> model.Event | None:
+        self.collect()
+        return next((e for e in self.events
+                     if isinstance(e, kind) and e.path == path and e.t_ns >= after_ns), None)
+
+    def wait(self, kind: type, path: int, after_ns: int = 0, timeout_s: float = 5.0) -> model.Event:
+        return wait_for(f"{kind.__name__} on path {path} in {self.ns.name}",
+                        lambda: self.find(kind, path, after_ns), timeout_s=timeout_s)
+
+    def stats(self, path: int) -> dict:
+        return self.prober.stats()[path]
+
+
+def start_pair(lab, tmp_path, **kw) -> tuple[Node, Node]:
+    a = Node(lab.a, node_config(tmp_path, "alpha", "beta", ("nic1", "nic3"), **kw))
+    try:
+        b = Node(lab.b, node_config(tmp_path, "beta", "alpha", ("nic2", "nic4"), **kw))
+    except Exception:
+        a.prober.stop()
+        raise
+    return a, b
+
+
+@pytest.fixture
+def pair(lab, tmp_path):
+    a, b = start_pair(lab, tmp_path)
+    try:
+        for node in (a, b):
+            for path in (0, 1):
+                node.wait(model.HeartbeatRecovered, path)
+        yield a, b
+    finally:
+        a.prober.stop()
+        b.prober.stop()
+
+
+def lost_bound_ns() -> int:
+    # Detection needs `multiplier` missed deadlines after the fault, plus up to one interval of
+    # phase between the fault and the next deadline.
+    return int((MULTIPLIER + 1) * INTERVAL_MS * 1e6) + TOLERANCE_NS
+
+
+def test_replies_flow_and_rtt_is_reported(pair):
+    a, b = pair
+    for node in (a, b):
+        wait_for("20 replies on each path", lambda: all(s["received"] >= 20 for s in node.prober.stats()))
+        for s in node.prober.stats():
+            assert s["state"] == "up"
+            assert 0 < s["rtt_p50_ns"] <= s["rtt_p99_ns"] <= s["rtt_max_ns"] < 50_000_000
+            assert s["answered"] > 0 and s["drops"] == {} and s["carrier"]
+    assert [s["name"] for s in a.prober.stats()] == ["primary", "alternate"]
+
+
+def test_blackhole_is_lost_then_recovered(pair):
+    a, b = pair
+    t0 = time.monotonic_ns()
+    labnet.drop_ingress(a.ns, "nic1")
+    t1 = time.monotonic_ns()
+    for node in (a, b):
+        lost = node.wait(model.HeartbeatLost, 0, after_ns=t0)
+        assert lost.misses == MULTIPLIER
+        assert t0 <= lost.first_miss_ns <= lost.t_ns
+        assert lost.t_ns - t0 <= (t1 - t0) + lost_bound_ns()
+        assert node.find(model.HeartbeatSuspect, 0, after_ns=t0) is not None
+    assert a.find(model.HeartbeatLost, 1, after_ns=t0) is None
+    assert a.stats(1)["state"] == "up"
+
+    t2 = time.monotonic_ns()
+    labnet.clear_ingress(a.ns, "nic1")
+    for node in (a, b):
+        recovered = node.wait(model.HeartbeatRecovered, 0, after_ns=t2)
+        assert recovered.replies == 3 and recovered.rtt_ns > 0
+        assert node.stats(0)["state"] == "up"
+
+
+def test_one_way_drop_is_detected_by_both_nodes(pair):
+    a, b = pair
+    t0 = time.monotonic_ns()
+    labnet.drop_ingress(b.ns, "nic4")  # only frames travelling a -> b on the alternate cable
+    for node in (a, b):
+        lost = node.wait(model.HeartbeatLost, 1, after_ns=t0)
+        assert lost.send_lag_max_ns >= 0 and lost.recv_delay_max_ns >= 0
+    assert a.stats(0)["state"] == "up" and b.stats(0)["state"] == "up"
+
+
+def test_path_that_never_answers_is_lost(lab, tmp_path):
+    a = Node(lab.a, node_config(tmp_path, "alpha", "beta", ("nic1", "nic3")))
+    try:
+        for path in (0, 1):
+            lost = a.wait(model.HeartbeatLost, path)
+            assert lost.misses == MULTIPLIER
+        assert not any(isinstance(e, model.HeartbeatRecovered) for e in a.collect())
+    finally:
+        a.prober.stop()
+
+
+def _signed(key: bytes, node: str, path: int, seq: int, kind: int = frame.KIND_REQUEST) -> bytes:
+    return frame.encode(key, frame.Frame(kind=kind, path=path, node_id=frame.node_id_field(node),
+                                         seq=seq, send_ns=time.monotonic_ns()))
+
+
+def _ethernet(payload: bytes, src: str = "02:00:00:00:0b:01") -> bytes:
+    return frame.GROUP_MAC + bytes.fromhex(src.replace(":", "")) + ETH_P_HANET.to_bytes(2, "big") + payload
+
+
+def test_hostile_frames_only_bump_drop_counters(pair):
+    a, b = pair
+    key = a.cfg.heartbeat.key
+    with in_netns(b.ns.name):
+        # ETH_P_ALL: only such taps see the frames this host sends.
+        raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    with raw:
+        raw.bind(("nic2", ETH_P_ALL))
+        raw.settimeout(1.0)
+
+        # Capture a frame b itself sent to a: the one to replay.
+        def capture() -> bytes | None:
+            data, addr = raw.recvfrom(256)
+            ours = addr[2] == PACKET_OUTGOING and data[12:14] == ETH_P_HANET.to_bytes(2, "big")
+            return data if ours else None
+        captured = wait_for("a frame sent by b", capture, timeout_s=2.0, every_s=0)
+        a.collect()
+        before_events = len(a.events)
+        before = a.stats(0)["drops"]
+        frames_at_capture = a.stats(0)["received"] + a.stats(0)["answered"]
+
+        rng = random.Random(7)
+        far_future = time.clock_gettime_ns(time.CLOCK_REALTIME) + 10**15
+        injected = {
+            "replay": [captured],
+            "auth": [_signed(os.urandom(32), "beta", 0, far_future)],
+            "node": [_signed(key, "mallory", 0, far_future + 1)],
+            "path": [_signed(key, "beta", 1, far_future + 2)],
+            "kind": [_signed(key, "beta", 0, far_future + 3, kind=9)],
+            "version": [_ethernet(bytes([2]) + rng.randbytes(67))],
+            "short": [_ethernet(bytes([frame.VERSION]) + rng.randbytes(20))],
+            "long": [_ethernet(bytes([frame.VERSION]) + rng.randbytes(100))],
+        }
+        for reason, frames in injected.items():
+            for payload in frames:
+                raw.send(payload if reason in ("replay", "version", "short", "long") else _ethernet(payload))
+        # Random garbage: whatever the counters say, nothing else may change.
+        for _ in range(200):
+            raw.send(_ethernet(rng.randbytes(rng.randrange(1, 120))))
+
+        def counted() -> dict | None:
+            drops = a.stats(0)["drops"]
+            grew = all(drops.get(r, 0) > before.get(r, 0) for r in injected)
+            return drops if grew and sum(drops.values()) - sum(before.values()) >= 200 else None
+        drops = wait_for("drop counters for every injected reason", counted)
+
+        # The replay of a frame older than the window is stale, not a replay.
+        wait_for("the captured frame to fall out of the replay window",
+                 lambda: a.stats(0)["received"] + a.stats(0)["answered"] > frames_at_capture + 200)
+        raw.send(captured)
+        wait_for("a stale drop", lambda: a.stats(0)["drops"].get("stale", 0) > before.get("stale", 0))
+
+    a.collect()
+    assert a.events[before_events:] == []
+    assert a.stats(0)["state"] == "up" and a.stats(1)["state"] == "up"
+
+
+def test_carrier_loss_is_polled_within_two_periods(lab, tmp_path):
+    poll_ms = 5.0
+    a, b = start_pair(lab, tmp_path, poll_ms=poll_ms)
+    try:
+        assert a.prober.carrier(0) and a.prober.carrier(1)
+        t0 = time.monotonic_ns()
+        labnet.carrier_down(lab.b, "nic2")
+        t1 = time.monotonic_ns()
+        down = a.wait(model.LinkDown, 0, after_ns=t0)
+        assert down.source == "poll"
+        assert down.t_ns - t0 <= (t1 - t0) + 2 * poll_ms * 1e6 + TOLERANCE_NS
+        assert not a.prober.carrier(0) and a.prober.carrier(1)
+        t2 = time.monotonic_ns()
+        labnet.carrier_up(lab.b, "nic2")
+        a.wait(model.LinkUp, 0, after_ns=t2)
+        assert a.prober.carrier(0)
+    finally:
+        a.prober.stop()
+        b.prober.stop()
+
+
+def test_vanished_interface_is_link_down_then_rebind_recovers(pair):
+    a, b = pair
+    t0 = time.monotonic_ns()
+    a.ns.ip("link", "del", "nic1")  # deletes the whole veth pair: b's nic2 goes too
+    a.wait(model.LinkDown, 0, after_ns=t0)
+    a.wait(model.HeartbeatLost, 0, after_ns=t0)
+    b.wait(model.HeartbeatLost, 0, after_ns=t0)
+    received = a.stats(1)["received"]
+    wait_for("path 1 still probed", lambda: a.stats(1)["received"] > received + 5)
+
+    labnet.veth(a.ns, "nic1", b.ns, "nic2")
+    t1 = time.monotonic_ns()
+    for node in (a, b):
+        with in_netns(node.ns.name):
+            assert node.prober.rebind(0) > 0
+    a.wait(model.LinkUp, 0, after_ns=t0)
+    for node in (a, b):
+        node.wait(model.HeartbeatRecovered, 0, after_ns=t1)
+
+
+def test_peer_notice_is_delivered_once(pair):
+    a, b = pair
+    t0 = time.monotonic_ns()
+    a.prober.send_notice(1, 1)
+    notice = b.wait(model.PeerNotice, 1, after_ns=t0)
+    assert notice.active == 1 and notice.peer_seq > 0
+    wait_for("all copies sent", lambda: a.stats(1)["notices_sent"] == 3)
+    wait_for("the copies to arrive", lambda: b.stats(1)["received"] > 0 and b.collect() is not None
+             and len([e for e in b.events if isinstance(e, model.PeerNotice)]) == 1
+             and b.stats(1)["notices_received"] == 1)
+    a.prober.send_notice(1, 0)
+    second = b.wait(model.PeerNotice, 1, after_ns=notice.t_ns + 1)
+    assert second.active == 0 and second.peer_seq > notice.peer_seq
+
+
+def test_pause_suppresses_events_and_resume_starts_fresh(pair):
+    a, b = pair
+    a.prober.pause(0)
+    t0 = time.monotonic_ns()
+    labnet.drop_ingress(a.ns, "nic1")
+    wait_for("path 0 judged lost while paused", lambda: a.stats(0)["state"] == "lost")
+    b.wait(model.HeartbeatLost, 0, after_ns=t0)  # b is not paused
+    assert a.find(model.HeartbeatLost, 0, after_ns=t0) is None
+    assert a.find(model.HeartbeatSuspect, 0, after_ns=t0) is None
+
+    labnet.clear_ingress(a.ns, "nic1")
+    wait_for("path 0 up while paused", lambda: a.stats(0)["state"] == "up")
+    t1 = time.monotonic_ns()
+    a.prober.resume(0)
+    recovered = a.wait(model.HeartbeatRecovered, 0, after_ns=t1)
+    assert recovered.replies == 3
+
+
+def test_quality_window_reports_loss_and_rtt(lab, tmp_path):
+    a, b = start_pair(lab, tmp_path, quality_ms=100.0)
+    try:
+        quality = a.wait(model.PathQuality, 1, after_ns=a.wait(model.HeartbeatRecovered, 1).t_ns)
+        assert quality.loss_ppm < 1_000_000 and 0 < quality.rtt_p50_ns <= quality.rtt_p99_ns
+    finally:
+        a.prober.stop()
+        b.prober.stop()

@@ -1,0 +1,394 @@
+"""The control socket over a real Unix stream socket, with the server on its own asyncio loop."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import stat
+import threading
+import time
+
+import pytest
+
+from hanet import control
+from hanet.control import CommandError, ControlError, ControlServer, render_status, request
+
+SAMPLE_STATUS = {
+    "node": "alpha", "state": "Monitoring", "active": 0, "active_name": "primary", "uptime_s": 12.3,
+    "paths": [
+        {"index": 0, "name": "primary", "interface": "nic1", "health": "up", "carrier": True,
+         "offline": False, "damped": False, "penalty": 0.0, "rtt_p50_us": 23.1, "rtt_p99_us": 60.2,
+         "sent": 100, "received": 99, "drops": {"bad_mac": 1, "replay": 0}},
+        {"index": 1, "name": "alternate", "interface": "nic3", "health": "down", "carrier": False,
+         "offline": True, "damped": True, "penalty": 2500.0, "rtt_p50_us": None, "rtt_p99_us": 1500.0,
+         "sent": 100, "received": 0, "drops": {}},
+    ],
+    "transitions": [
+        {"wall": "2026-11-25T18:00:00.000001Z", "src": "Starting", "dst": "Monitoring",
+         "trigger": "daemon.started", "reason": "primary holds the identity"},
+    ],
+}
+
+
+class Recorder:
+    """A handler that records every call and answers like the daemon would."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, dict, str]] = []
+
+    def __call__(self, cmd: str, args: dict, who: str) -> dict:
+        self.calls.append((cmd, args, who))
+        if cmd == "status":
+            return {"status": SAMPLE_STATUS}
+        if args.get("interface") == "nic9":
+            raise CommandError("no path uses interface 'nic9'")
+        if args.get("interface") == "boom":
+            raise RuntimeError("handler bug")
+        return {"detail": f"{cmd} queued"}
+
+
+class ServerThread:
+    """A ControlServer on an event loop in a background thread, so tests use the blocking client."""
+
+    def __init__(self, path: str, handler, mode: int = 0o600):
+        self.server = ControlServer(path, mode, handler)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=10)
+
+    def start(self) -> "ServerThread":
+        self.run(self.server.start())
+        return self
+
+    def stop(self) -> None:
+        try:
+            self.run(self.server.close())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=10)
+            self.loop.close()
+
+
+@pytest.fixture
+def sock_path(tmp_path):
+    return str(tmp_path / "control.sock")
+
+
+@pytest.fixture
+def handler():
+    return Recorder()
+
+
+@pytest.fixture
+def served(sock_path, handler):
+    srv = ServerThread(sock_path, handler).start()
+    yield srv
+    srv.stop()
+
+
+def own_identity() -> str:
+    with open("/proc/self/comm") as fh:
+        comm = fh.read().strip()
+    return f"uid={os.getuid()} pid={os.getpid()} comm={comm}"
+
+
+def exchange(path: str, lines: list[bytes], timeout: float = 5.0) -> list[dict]:
+    """Send raw request lines on one connection; read one response line per request."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(b"".join(lines))
+        reader = sock.makefile("rb")
+        return [json.loads(reader.readline()) for _ in lines]
+
+
+# --------------------------------------------------------------------------- commands
+def test_status_round_trip(served, sock_path, handler):
+    response = request(sock_path, "status")
+    assert response == {"ok": True, "status": SAMPLE_STATUS}
+    assert handler.calls == [("status", {}, own_identity())]
+
+
+@pytest.mark.parametrize("cmd, args", [
+    ("failover", {}),
+    ("failover", {"to": "alternate", "force": True}),
+    ("failback", {}),
+    ("failback", {"force": True}),
+    ("offline", {"interface": "nic3"}),
+    ("offline", {"interface": "nic3", "force": True}),
+    ("online", {"interface": "nic3"}),
+])
+def test_operator_commands_round_trip(served, sock_path, handler, cmd, args):
+    response = request(sock_path, cmd, **args)
+    assert response == {"ok": True, "detail": f"{cmd} queued"}
+    assert handler.calls == [(cmd, args, own_identity())]
+
+
+def test_handler_refusal_becomes_error(served, sock_path, handler):
+    response = request(sock_path, "offline", interface="nic9")
+    assert response == {"ok": False, "error": "no path uses interface 'nic9'"}
+
+
+def test_handler_bug_does_not_break_server(served, sock_path):
+    response = request(sock_path, "online", interface="boom")
+    assert response["ok"] is False
+    assert "RuntimeError: handler bug" in response["error"]
+    assert request(sock_path, "status")["ok"] is True
+
+
+def test_handler_returning_non_dict_is_an_error(sock_path):
+    srv = ServerThread(sock_path, lambda cmd, args, who: None).start()
+    try:
+        response = request(sock_path, "failback")
+        assert response["ok"] is False and "not dict" in response["error"]
+    finally:
+        srv.stop()
+
+
+def test_several_requests_on_one_connection_answered_in_order(served, sock_path, handler):
+    lines = [b'{"cmd":"status"}\n', b'{"cmd":"failback","args":{}}\n', b'{"cmd":"status"}\n']
+    responses = exchange(sock_path, lines)
+    assert [("status" in r, r.get("detail")) for r in responses] == [
+        (True, None), (False, "failback queued"), (True, None)]
+
+
+def test_last_request_without_newline_is_answered(served, sock_path):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(sock_path)
+        sock.sendall(b'{"cmd":"failback"}')
+        sock.shutdown(socket.SHUT_WR)
+        assert json.loads(sock.makefile("rb").readline()) == {"ok": True, "detail": "failback queued"}
+
+
+# --------------------------------------------------------------------------- bad input
+BAD_REQUESTS = [
+    (b"not json\n", "not JSON"),
+    (b"\xff\xfe\n", "not UTF-8"),
+    (b"[1, 2]\n", "must be a JSON object"),
+    (b'{"args": {}}\n', '"cmd"'),
+    (b'{"cmd": 7}\n', '"cmd"'),
+    (b'{"cmd": "reboot"}\n', "unknown command 'reboot'"),
+    (b'{"cmd": "status", "extra": 1}\n', "unknown request keys: extra"),
+    (b'{"cmd": "status", "args": []}\n', '"args" must be a JSON object'),
+    (b'{"cmd": "status", "args": {"x": 1}}\n', "unknown argument 'x'"),
+    (b'{"cmd": "offline", "args": {}}\n', "'interface' is required"),
+    (b'{"cmd": "offline", "args": {"interface": 3}}\n', "interface must be a string"),
+    (b'{"cmd": "failback", "args": {"force": 1}}\n', "force must be true or false"),
+    (b'{"cmd": "online", "args": {"interface": "nic3", "force": true}}\n', "unknown argument 'force'"),
+    (b"\n", "not JSON"),
+]
+
+
+def test_malformed_requests_get_errors_and_connection_survives(served, sock_path, handler):
+    lines = [line for line, _ in BAD_REQUESTS] + [b'{"cmd":"status"}\n']
+    responses = exchange(sock_path, lines)
+    for (line, expected), response in zip(BAD_REQUESTS, responses):
+        assert response["ok"] is False, line
+        assert expected in response["error"], (line, response)
+    assert responses[-1]["ok"] is True
+    assert [c[0] for c in handler.calls] == ["status"]  # nothing malformed reached the handler
+
+
+@pytest.mark.parametrize("size", [control.MAX_LINE + 1, 3 * control.MAX_LINE + 17])
+def test_oversize_line_is_discarded_whole(served, sock_path, handler, size):
+    big = b'{"cmd":"status","args":{"x":"' + b"a" * size + b'"}}\n'
+    responses = exchange(sock_path, [big, b'{"cmd":"failback"}\n'])
+    assert responses[0]["ok"] is False and "longer than" in responses[0]["error"]
+    assert responses[1] == {"ok": True, "detail": "failback queued"}
+    assert [c[0] for c in handler.calls] == ["failback"]
+
+
+def test_line_of_exactly_the_limit_is_accepted(served, sock_path):
+    head, tail = b'{"cmd":"offline","args":{"interface":"', b'"}}'
+    line = head + b"n" * (control.MAX_LINE - len(head) - len(tail)) + tail
+    assert len(line) == control.MAX_LINE
+    assert exchange(sock_path, [line + b"\n"])[0]["ok"] is True
+
+
+def test_client_disconnecting_mid_request_leaves_server_serving(served, sock_path):
+    for partial in (b'{"cmd": "sta', b"x" * (control.MAX_LINE + 10)):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(sock_path)
+            sock.sendall(partial)
+    assert request(sock_path, "status")["ok"] is True
+
+
+def test_idle_connection_is_closed(sock_path, handler, monkeypatch):
+    monkeypatch.setattr(control, "IDLE_TIMEOUT_S", 0.2)
+    srv = ServerThread(sock_path, handler).start()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(sock_path)
+            started = time.monotonic()
+            assert sock.recv(1) == b""  # end of stream: the server hung up
+            assert time.monotonic() - started < 4
+    finally:
+        srv.stop()
+
+
+def test_clients_beyond_the_limit_are_turned_away(sock_path, handler, monkeypatch):
+    monkeypatch.setattr(control, "MAX_CLIENTS", 1)
+    srv = ServerThread(sock_path, handler).start()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as first:
+            first.settimeout(5)
+            first.connect(sock_path)
+            first.sendall(b'{"cmd":"status"}\n')
+            assert json.loads(first.makefile("rb").readline())["ok"] is True  # now registered
+            refused = request(sock_path, "status")
+            assert refused["ok"] is False and "busy" in refused["error"]
+        deadline = time.monotonic() + 5
+        while request(sock_path, "status")["ok"] is False and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert request(sock_path, "status")["ok"] is True
+    finally:
+        srv.stop()
+
+
+# --------------------------------------------------------------------------- the socket file
+def test_socket_is_owner_only_by_default(served, sock_path):
+    st = os.stat(sock_path)
+    assert stat.S_ISSOCK(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o600
+
+
+def test_configured_mode_survives_umask(sock_path, handler):
+    old = os.umask(0o077)
+    try:
+        srv = ServerThread(sock_path, handler, mode=0o660).start()
+    finally:
+        os.umask(old)
+    try:
+        assert stat.S_IMODE(os.stat(sock_path).st_mode) == 0o660
+    finally:
+        srv.stop()
+
+
+def test_missing_parent_directory_is_created(tmp_path, handler):
+    path = str(tmp_path / "run" / "hanet" / "control.sock")
+    srv = ServerThread(path, handler).start()
+    try:
+        assert request(path, "status")["ok"] is True
+    finally:
+        srv.stop()
+
+
+def test_close_removes_socket_file(sock_path, handler):
+    srv = ServerThread(sock_path, handler).start()
+    srv.stop()
+    assert not os.path.exists(sock_path)
+
+
+def test_close_keeps_a_successors_socket(sock_path, handler):
+    srv = ServerThread(sock_path, handler).start()
+    os.unlink(sock_path)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as successor:
+        successor.bind(sock_path)
+        srv.stop()
+        assert os.path.exists(sock_path)
+
+
+def test_stale_socket_is_replaced(sock_path, handler):
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(sock_path)
+    dead.close()  # the file stays, nobody listens
+    assert stat.S_ISSOCK(os.lstat(sock_path).st_mode)
+    srv = ServerThread(sock_path, handler).start()
+    try:
+        assert request(sock_path, "status")["ok"] is True
+    finally:
+        srv.stop()
+
+
+def test_refuses_path_where_a_live_server_answers(served, sock_path, handler):
+    second = ServerThread(sock_path, Recorder())
+    try:
+        with pytest.raises(ControlError, match="another server is listening"):
+            second.run(second.server.start())
+    finally:
+        second.stop()
+    assert request(sock_path, "status")["ok"] is True
+    assert len(handler.calls) == 1
+
+
+def test_refuses_to_remove_a_non_socket(sock_path, handler):
+    with open(sock_path, "w") as fh:
+        fh.write("precious")
+    srv = ServerThread(sock_path, handler)
+    try:
+        with pytest.raises(ControlError, match="not a socket"):
+            srv.run(srv.server.start())
+    finally:
+        srv.stop()
+    with open(sock_path) as fh:
+        assert fh.read() == "precious"
+
+
+# --------------------------------------------------------------------------- client errors
+def test_client_reports_daemon_not_running(sock_path):
+    with pytest.raises(ControlError, match="not running"):
+        request(sock_path, "status")
+
+
+def test_client_times_out_on_a_silent_server(sock_path):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as silent:
+        silent.bind(sock_path)
+        silent.listen(1)
+        started = time.monotonic()
+        with pytest.raises(ControlError, match="no answer"):
+            request(sock_path, "status", timeout=0.2)
+        assert time.monotonic() - started < 3
+
+
+def test_client_rejects_non_json_answer(sock_path):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as fake:
+        fake.bind(sock_path)
+        fake.listen(1)
+
+        def answer():
+            conn, _ = fake.accept()
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"hello\n")
+
+        t = threading.Thread(target=answer)
+        t.start()
+        try:
+            with pytest.raises(ControlError, match="not JSON"):
+                request(sock_path, "status")
+        finally:
+            t.join(timeout=5)
+
+
+# --------------------------------------------------------------------------- rendering
+def test_render_status_shows_every_path_and_transition():
+    text = render_status(SAMPLE_STATUS)
+    assert "node alpha" in text and "state Monitoring" in text and "active primary (path 0)" in text
+    assert "uptime 12.3 s" in text
+    lines = text.splitlines()
+    primary = next(line for line in lines if " primary " in line and "nic1" in line)
+    assert primary.startswith("*")
+    for cell in ("up", "yes", "23.1 us", "60.2 us", "100", "99", "bad_mac=1"):
+        assert cell in primary
+    assert "replay" not in primary  # zero counters are left out
+    alternate = next(line for line in lines if "alternate" in line)
+    assert not alternate.startswith("*")
+    for cell in ("down", "no", "offline,damped", "2500", "1.50 ms", "-"):
+        assert cell in alternate
+    assert "Starting -> Monitoring  trigger=daemon.started" in text
+    assert "reason=primary holds the identity" in text
+
+
+def test_render_status_tolerates_a_sparse_dict():
+    text = render_status({"state": "Starting", "active": None})
+    assert "active none" in text and "no transitions yet" in text
+
+
+def test_render_long_uptime():
+    assert "uptime 1d 01:01:01" in render_status({"uptime_s": 90061.5})

@@ -1,0 +1,100 @@
+"""One suite for both frame codecs: the C one in hanet._fastprobe and the reference hanet.frame."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hanet import _fastprobe, frame
+
+KEY = b"0123456789abcdef-shared-key"
+CODECS = [pytest.param(frame, id="python"), pytest.param(_fastprobe, id="cython")]
+
+u64 = st.integers(min_value=0, max_value=2**64 - 1)
+u63 = st.integers(min_value=0, max_value=2**63 - 1)  # send/echo times are signed ns in C
+frames = st.builds(
+    frame.Frame,
+    kind=st.sampled_from(frame.KINDS),
+    path=st.integers(0, 255),
+    node_id=st.binary(min_size=16, max_size=16),
+    seq=u64,
+    send_ns=u63,
+    active=st.integers(0, 255),
+    echo_seq=u64,
+    echo_ns=u63,
+)
+
+
+def sample(**kw) -> frame.Frame:
+    fields = dict(kind=frame.KIND_REPLY, path=1, node_id=frame.node_id_field("alpha"),
+                  seq=1_700_000_000_000_000_123, send_ns=42, echo_seq=7, echo_ns=9)
+    return frame.Frame(**{**fields, **kw})
+
+
+def test_layout_is_the_documented_one():
+    data = frame.encode(KEY, sample())
+    body = struct.pack("!BBBB16sQQQQ", 1, 2, 1, 0, b"alpha".ljust(16, b"\0"),
+                       1_700_000_000_000_000_123, 42, 7, 9)
+    assert data == body + hmac.new(KEY, body, hashlib.sha256).digest()[:16]
+    assert len(data) == frame.FRAME_LEN == 68
+
+
+@given(f=frames)
+def test_codecs_agree_byte_for_byte(f):
+    assert _fastprobe.encode(KEY, f) == frame.encode(KEY, f)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@given(f=frames)
+def test_round_trip(codec, f):
+    assert codec.decode(KEY, codec.encode(KEY, f)) == (frame.OK, f)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@settings(max_examples=500)
+@given(data=st.binary(max_size=200))
+def test_random_bytes_are_dropped_never_raised(codec, data):
+    reason, parsed = codec.decode(KEY, data)
+    assert parsed is None and reason in _fastprobe.DROP_REASONS
+
+
+@settings(max_examples=500)
+@given(data=st.binary(max_size=200))
+def test_codecs_agree_on_any_input(data):
+    assert _fastprobe.decode(KEY, data) == frame.decode(KEY, data)
+
+
+@settings(max_examples=300)
+@given(f=frames, where=st.integers(0, frame.FRAME_LEN - 1), flip=st.integers(1, 255))
+def test_any_changed_byte_is_refused(f, where, flip):
+    data = bytearray(frame.encode(KEY, f))
+    data[where] ^= flip
+    expected = frame.BAD_VERSION if where == 0 else frame.BAD_AUTH
+    for codec in (frame, _fastprobe):
+        assert codec.decode(KEY, bytes(data)) == (expected, None)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_drop_reasons(codec):
+    good = codec.encode(KEY, sample())
+    assert codec.decode(KEY, b"") == (frame.SHORT, None)
+    assert codec.decode(KEY, good[:-1]) == (frame.SHORT, None)
+    assert codec.decode(KEY, good + b"\0") == (frame.LONG, None)
+    assert codec.decode(KEY, b"\x02" + good[1:]) == (frame.BAD_VERSION, None)
+    assert codec.decode(b"another-key-of-16-bytes", good) == (frame.BAD_AUTH, None)
+    assert codec.decode(KEY, codec.encode(KEY, sample(kind=9))) == (frame.BAD_KIND, None)
+
+
+def test_reason_names_are_shared():
+    for reason in (frame.SHORT, frame.LONG, frame.BAD_VERSION, frame.BAD_AUTH, frame.BAD_KIND):
+        assert reason in _fastprobe.DROP_REASONS
+
+
+def test_node_id_field():
+    assert frame.node_id_field("beta") == b"beta" + b"\0" * 12
+    with pytest.raises(ValueError):
+        frame.node_id_field("x" * 17)
