@@ -973,7 +973,7 @@ cdef class Engine:
         return self.c.paths[i].carrier == 1
 
     def snapshot(self, int i):
-        """Counters and sample rings of path ``i``, copied under the lock."""
+        """Counters and sample rings (oldest first) of path ``i``, copied under the lock."""
         cdef Path *p
         cdef uint64_t k, n_rtt, n_lag
         self._path(i)
@@ -989,8 +989,8 @@ cdef class Engine:
             "drops": {DROP_REASONS[k]: p.drops[k] for k in range(N_DROPS) if p.drops[k]},
             "carrier": p.carrier == 1, "last_reply_ns": p.last_reply_ns,
             "rtt_max_ns": p.rtt_max, "send_lag_max_ns": p.lag_max,
-            "rtt_samples": [p.rtt[k] for k in range(n_rtt)],
-            "lag_samples": [p.lag[k] for k in range(n_lag)],
+            "rtt_samples": [p.rtt[(p.rtt_n - n_rtt + k) % SAMPLES] for k in range(n_rtt)],
+            "lag_samples": [p.lag[(p.lag_n - n_lag + k) % SAMPLES] for k in range(n_lag)],
         }
         pthread_mutex_unlock(&self.c.lock)
         return out

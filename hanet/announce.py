@@ -12,6 +12,7 @@ import ipaddress
 import socket
 import struct
 import threading
+import time
 
 ETH_P_ARP = 0x0806
 ETH_P_IPV6 = 0x86DD
@@ -69,13 +70,19 @@ def _checksum(data: bytes) -> int:
 
 
 class Announcer:
-    """Sends announcement rounds on one AF_PACKET socket opened in the caller's namespace."""
+    """Sends announcement rounds on one AF_PACKET socket opened in the caller's namespace.
+
+    Later rounds are kept as one schedule served by a single worker thread, started on first use.
+    """
 
     def __init__(self) -> None:
         # Protocol 0: a send-only socket that is never handed received frames.
         self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
+        self._wake = threading.Condition()
+        self._schedule: tuple[str, list[bytes], int] | None = None  # ifname, frames, rounds left
+        self._interval_s = 0.0
+        self._worker: threading.Thread | None = None
+        self._closed = False
         self.sent = 0
         self.send_errors = 0
 
@@ -86,8 +93,7 @@ class Announcer:
 
     def hwaddr(self, ifname: str) -> str:
         """The NIC's current MAC (SIOCGIFHWADDR: microseconds, no netlink round trip)."""
-        req = struct.pack("16s16x", ifname.encode())
-        res = fcntl.ioctl(self._sock.fileno(), SIOCGIFHWADDR, req)
+        res = fcntl.ioctl(self._sock.fileno(), SIOCGIFHWADDR, struct.pack("16s16x", ifname.encode()))
         return res[18:24].hex(":")
 
     def announce(self, ifname: str, frames: list[bytes], count: int, interval_s: float) -> int:
@@ -97,19 +103,25 @@ class Announcer:
             return 0
         self._send_round(ifname, frames)
         if count > 1:
-            stop = threading.Event()
-            with self._lock:
-                self._stop = stop
-            threading.Thread(target=self._rounds, args=(stop, ifname, frames, count - 1, interval_s),
-                             name=f"announce-{ifname}", daemon=True).start()
+            with self._wake:
+                self._schedule, self._interval_s = (ifname, frames, count - 1), interval_s
+                if self._worker is None:
+                    self._worker = threading.Thread(target=self._serve, name="announce", daemon=True)
+                    self._worker.start()
+                self._wake.notify()
         return len(frames)
 
     def cancel(self) -> None:
-        with self._lock:
-            self._stop.set()
+        with self._wake:
+            self._schedule = None
+            self._wake.notify()
 
     def close(self) -> None:
-        self.cancel()
+        with self._wake:
+            self._schedule, self._closed = None, True
+            self._wake.notify()
+        if self._worker is not None:
+            self._worker.join(timeout=1.0)
         self._sock.close()
 
     def _send_round(self, ifname: str, frames: list[bytes]) -> None:
@@ -117,14 +129,24 @@ class Announcer:
             self._sock.sendto(frame, (ifname, 0))
             self.sent += 1
 
-    def _rounds(self, stop: threading.Event, ifname: str, frames: list[bytes], rounds: int,
-                interval_s: float) -> None:
-        for _ in range(rounds):
-            if stop.wait(interval_s):
-                return
-            try:
-                self._send_round(ifname, frames)
-            except OSError:
-                # The NIC went away or down meanwhile; later rounds would fail the same way.
-                self.send_errors += 1
-                return
+    def _serve(self) -> None:
+        with self._wake:
+            while not self._closed:
+                if self._schedule is None:
+                    self._wake.wait()
+                    continue
+                current = self._schedule
+                due = time.monotonic() + self._interval_s
+                # Woken early by a cancel or a newer announcement: the schedule is no longer ours.
+                while self._schedule is current and time.monotonic() < due:
+                    self._wake.wait(due - time.monotonic())
+                if self._schedule is not current:
+                    continue
+                ifname, frames, left = current
+                self._schedule = (ifname, frames, left - 1) if left > 1 else None
+                try:
+                    self._send_round(ifname, frames)
+                except OSError:
+                    # The NIC went away or down meanwhile; later rounds would fail the same way.
+                    self.send_errors += 1
+                    self._schedule = None

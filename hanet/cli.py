@@ -84,7 +84,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_failover(args) -> int:
-    return _control(args, "failover", path=args.to, force=args.force)
+    return _control(args, "failover", to=args.to, force=args.force)
 
 
 def cmd_failback(args) -> int:
@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if args.verbose else logging.INFO,
                         format="hanet: %(levelname)s %(message)s")
+    logging.getLogger("transitions").setLevel(logging.WARNING)  # its per-callback INFO lines are noise
     try:
         return args.func(args)
     except config_mod.ConfigError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import logging
 import os
 import signal
@@ -96,9 +97,26 @@ class Timers:
             self.cancel(name)
 
 
+class NetlinkThread:
+    """Runs pyroute2 calls on one thread of their own.
+
+    pyroute2's synchronous API drives a private asyncio loop, which cannot run inside the daemon's
+    running loop; so NetOps and LinkWatch are built and called on this thread, and the loop waits
+    for each call (a hop costs ~0.1 ms; a failover's kernel steps go in one hop).
+    """
+
+    def __init__(self):
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
+
+    def call(self, fn: Callable, *args):
+        return self._pool.submit(fn, *args).result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
 class Engine:
-    def __init__(self, cfg: config_mod.Config, *, dry_run: bool = False, prober=None, netops=None,
-                 linkwatch=None, notifier=None):
+    def __init__(self, cfg: config_mod.Config, *, dry_run: bool = False, prober=None, notifier=None):
         from .netops import NetOps
         from .notify import Notifier
         from .probe import Prober
@@ -106,9 +124,10 @@ class Engine:
 
         self.cfg = cfg
         self.dry_run = dry_run
+        self.netlink = NetlinkThread()
         self.prober = prober or Prober(cfg)
-        self.netops = netops or NetOps(cfg)
-        self.linkwatch = linkwatch if linkwatch is not None else (LinkWatch(cfg) if cfg.link.netlink else None)
+        self.netops = self.netlink.call(NetOps, cfg)
+        self.linkwatch = self.netlink.call(LinkWatch, cfg) if cfg.link.netlink else None
         self.notifier = notifier or Notifier()
         self.machine, folded = restore_machine(cfg) if not dry_run else (M.Machine(M.Params.from_config(cfg)), 0)
         self.restored_from = folded
@@ -123,6 +142,7 @@ class Engine:
         self.pinger = None
         self._stop: asyncio.Event | None = None
         self._flags: set[str] = set()
+        self._readers: list[int] = []
         self._handling = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -134,15 +154,17 @@ class Engine:
             self.loop.add_signal_handler(sig, self._flag, flag)
         try:
             self._open_log()
-            reconciled = self.netops.reconcile()
+            reconciled = self.netlink.call(self.netops.reconcile)
             log.info("reconciled holder=%s carrier=%s found=%s restored_records=%d state=%s",
                      reconciled.holder, list(reconciled.carrier), reconciled.found,
                      self.restored_from, self.machine.state)
             self.prober.start()
-            self.loop.add_reader(self.prober.fileno(), self._drain, self.prober)
+            self.loop.add_reader(self.prober.fileno(), self._drain_prober)
+            self._readers.append(self.prober.fileno())
             if self.linkwatch is not None:
-                self.linkwatch.start()
-                self.loop.add_reader(self.linkwatch.fileno(), self._drain, self.linkwatch)
+                self.netlink.call(self.linkwatch.start)
+                self.loop.add_reader(self.linkwatch.fileno(), self._drain_linkwatch)
+                self._readers.append(self.linkwatch.fileno())
             self.submit(m.DaemonStarted(t_ns=time.monotonic_ns(), holder=reconciled.holder,
                                         carrier=tuple(reconciled.carrier), macs=tuple(reconciled.macs)))
             await self._start_services()
@@ -197,20 +219,16 @@ class Engine:
             await self.pinger.stop()
         if self.control is not None:
             await self.control.close()
-        for source in (self.prober, self.linkwatch):
-            if source is None:
-                continue
-            try:
-                if self.loop is not None:
-                    self.loop.remove_reader(source.fileno())
-            except (OSError, ValueError):
-                pass
+        if self.loop is not None:
+            for reader in self._readers:
+                self.loop.remove_reader(reader)
         self.prober.stop()
         if self.linkwatch is not None:
-            self.linkwatch.close()
+            self.netlink.call(self.linkwatch.close)
         if self.timers is not None:
             self.timers.cancel_all()
-        self.netops.close()
+        self.netlink.call(self.netops.close)
+        self.netlink.close()
         if self.writer is not None:
             self.writer.close()
         log.info("stopped state=%s active=%s", self.machine.state, self.machine.active)
@@ -237,8 +255,12 @@ class Engine:
                  f"; restart needed for: {', '.join(needs_restart)}" if needs_restart else "")
 
     # ------------------------------------------------------------------ events
-    def _drain(self, source) -> None:
-        for ev in source.drain():
+    def _drain_prober(self) -> None:
+        for ev in self.prober.drain():
+            self.submit(ev)
+
+    def _drain_linkwatch(self) -> None:
+        for ev in self.netlink.call(self.linkwatch.drain):
             self.submit(ev)
 
     def submit(self, ev: m.Event) -> M.Step | None:
@@ -288,14 +310,20 @@ class Engine:
             self.metrics.observe_transition(step.src, step.dst, detection)
 
     def _carry_out(self, actions: tuple[m.Action, ...]) -> None:
-        for act in actions:
+        batch: list[m.Action] = []
+        for act in (*actions, None):
             if isinstance(act, m.KERNEL_ACTIONS):
-                outcome = self._execute(act)
-                self.queue.append(outcome)
-                if isinstance(outcome, m.ActionFailed):
-                    log.error("action failed %s error=%r", fields_text(act), outcome.error)
+                batch.append(act)
+                continue
+            if batch:
+                outcomes = self._execute(batch)
+                self.queue.extend(outcomes)
+                batch = []
+                if isinstance(outcomes[-1], m.ActionFailed):
                     return  # later steps depend on this one; the machine decides what next
-            elif isinstance(act, m.PauseMonitoring):
+            if act is None:
+                break
+            if isinstance(act, m.PauseMonitoring):
                 self.prober.pause(act.path)
             elif isinstance(act, m.ResumeMonitoring):
                 self.prober.resume(act.path)
@@ -306,11 +334,28 @@ class Engine:
             elif isinstance(act, m.SendNotice):
                 self.prober.send_notice(act.path, act.active)
 
-    def _execute(self, act: m.Action) -> m.Event:
+    def _execute(self, batch: list[m.Action]) -> list[m.Event]:
+        """Kernel steps in order, in one hop to the netlink thread, up to the first failure."""
         if self.dry_run:
-            print(f"would {self.netops.describe(act)}", flush=True)
-            return m.ActionDone(t_ns=time.monotonic_ns(), action_id=act.id, kind=act.type, detail="dry-run")
-        return self.netops.execute(act)
+            out = []
+            for act in batch:
+                print(f"would {self.netops.describe(act)}", flush=True)
+                out.append(m.ActionDone(t_ns=time.monotonic_ns(), action_id=act.id, kind=act.type, detail="dry-run"))
+            return out
+
+        def run() -> list[m.Event]:
+            outcomes = []
+            for act in batch:
+                outcomes.append(self.netops.execute(act))
+                if isinstance(outcomes[-1], m.ActionFailed):
+                    break
+            return outcomes
+
+        outcomes = self.netlink.call(run)
+        for act, outcome in zip(batch, outcomes):
+            if isinstance(outcome, m.ActionFailed):
+                log.error("action failed %s error=%r", fields_text(act), outcome.error)
+        return outcomes
 
     async def _periodic_stats(self) -> None:
         while True:
@@ -361,13 +406,21 @@ class Engine:
         raise ValueError(f"no path with interface or name {iface!r}")
 
     def control_command(self, cmd: str, args: dict[str, Any], who: str) -> dict[str, Any]:
-        """Operator commands become events in the log, with who asked."""
+        """Operator commands become events in the log, with who asked. Refusals raise CommandError."""
+        from .control import CommandError
+
+        try:
+            return self._operator(cmd, args, who)
+        except (KeyError, ValueError) as exc:
+            raise CommandError(str(exc).strip("'\"")) from None
+
+    def _operator(self, cmd: str, args: dict[str, Any], who: str) -> dict[str, Any]:
         now = time.monotonic_ns()
         force = bool(args.get("force", False))
         if cmd == "status":
             return self.status()
         if cmd == "failover":
-            target = args.get("path") or args.get("to")
+            target = args.get("to")
             ev = m.OperatorFailover(t_ns=now, path=self._path_index(target) if target else None, who=who, force=force)
         elif cmd == "failback":
             ev = m.OperatorFailback(t_ns=now, who=who, force=force)
@@ -379,8 +432,6 @@ class Engine:
             raise ValueError(f"unknown command {cmd!r}")
         step = self.submit(ev)
         reason = step.reason if step else "queued"
-        accepted = "refused" not in reason
-        reply = {"ok": accepted, "state": self.machine.state, "active": self.machine.active, "reason": reason}
-        if not accepted:
-            reply["error"] = reason
-        return reply
+        if "refused" in reason:
+            raise CommandError(reason)
+        return {"state": self.machine.state, "active": self.machine.active, "reason": reason}

@@ -199,6 +199,12 @@ class Lab:
         return None
 
     def stop_daemons(self) -> None:
+        """SIGTERM to every daemon first, then wait for each, so none sees the other go."""
+        for pid in self.pids.values():
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
         for node in list(self.pids):
             self.stop_daemon(node)
 

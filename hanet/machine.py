@@ -532,9 +532,15 @@ class Machine:
         f = self.facts[path]
         return f.present and f.link_ok and not f.offline and not f.damped and f.health != HEALTH_LOST
 
-    def candidates(self, exclude: int | None = None) -> list[int]:
-        """Usable paths of clean quality, best first: heartbeats confirmed before unknown, then priority."""
-        paths = [p for p in range(self.n) if p != exclude and self.usable(p) and not self.facts[p].lossy]
+    def candidates(self, exclude: int | None = None, heard: bool = True) -> list[int]:
+        """Usable paths of clean quality, in priority order.
+
+        A move goes only to a path whose heartbeats are answered (``heard``), so a node whose peer
+        is absent does not shuffle its identity around; only installing the identity at start,
+        where it is on no NIC, may pick a path not yet heard, best-heard first.
+        """
+        paths = [p for p in range(self.n) if p != exclude and self.usable(p) and not self.facts[p].lossy
+                 and (not heard or self.facts[p].health == HEALTH_UP)]
         return sorted(paths, key=lambda p: (self.facts[p].health != HEALTH_UP, p))
 
     def _better_path(self) -> int | None:
@@ -553,7 +559,7 @@ class Machine:
             exclude = None
         else:
             exclude = self.active
-        best = self.candidates(exclude)
+        best = self.candidates(exclude, heard=not isinstance(self._event, m.DaemonStarted))
         return best[0] if best else None
 
     def _path_of(self) -> int | None:

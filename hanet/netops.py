@@ -39,9 +39,8 @@ ACK_TIMEOUT_S = 1.0  # the kernel acks at once; this only bounds a wait on a bro
 @dataclass(frozen=True)
 class Carried:
     """One address that moves with the identity."""
-    address: str       # "192.0.2.1/24", as in the configuration
-    kind: str          # "ipv4", "ipv6" or "vips"
-    broadcast: str = ""
+    address: str         # "192.0.2.1/24", as in the configuration
+    broadcast: str = ""  # IPv4 broadcast to set with it, when "broadcast" is carried
 
     @property
     def interface(self) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
@@ -55,11 +54,11 @@ def carried_addresses(cfg: Config) -> tuple[Carried, ...]:
     out = []
     if cfg.carries("ipv4"):
         brd = ident.broadcast_address if cfg.carries("broadcast") else ""
-        out.append(Carried(ident.address, "ipv4", brd))
+        out.append(Carried(ident.address, brd))
     if cfg.carries("ipv6"):
-        out.extend(Carried(a, "ipv6") for a in ident.ipv6)
+        out.extend(Carried(a) for a in ident.ipv6)
     if cfg.carries("vips"):
-        out.extend(Carried(a, "vips") for a in ident.vips)
+        out.extend(Carried(a) for a in ident.vips)
     return tuple(out)
 
 
@@ -81,15 +80,15 @@ def move_actions(cfg: Config, src: int, dst: int, identity_mac: str, own_macs: t
         mac_in = identity_mac
         mac_out = own_macs[src] if own_macs[src] != identity_mac else own_macs[dst]
     count = cfg.failover.announce_count if announce_count is None else announce_count
-    kinds = (
-        lambda i: model.DisableNic(i, path=src, admin_down=cfg.failover.admin_down_failed, mac=mac_out),
-        lambda i: model.PlumbNic(i, path=dst),
-        lambda i: model.ConfigureNic(i, path=dst, from_path=src, mac=mac_in),
-        lambda i: model.EnableNic(i, path=dst),
-        lambda i: model.Announce(i, path=dst, count=count),
-        lambda i: model.MoveRoutes(i, path=dst),
+    i = first_id
+    return (
+        model.DisableNic(i, path=src, admin_down=cfg.failover.admin_down_failed, mac=mac_out),
+        model.PlumbNic(i + 1, path=dst),
+        model.ConfigureNic(i + 2, path=dst, from_path=src, mac=mac_in),
+        model.EnableNic(i + 3, path=dst),
+        model.Announce(i + 4, path=dst, count=count),
+        model.MoveRoutes(i + 5, path=dst),
     )
-    return tuple(make(first_id + n) for n, make in enumerate(kinds))
 
 
 @dataclass(frozen=True)
@@ -145,6 +144,7 @@ class NetOps:
         self._encoder = IPBatch()
         self._encoded: dict[tuple[str, int], bytes] = {}
         self._seq = itertools.count(1 << 20)
+        self._frames: dict[str, list[bytes]] = {}  # announcement frames by source MAC
 
     def close(self) -> None:
         self.announcer.close()
@@ -184,7 +184,7 @@ class NetOps:
             error = f"{_errname(exc.errno)} ({exc.strerror})"
         if error:
             return self._failed(act, f"{where}: {error}")
-        detail = "; ".join(notes) or f"{len(ops)} operations"
+        detail = "; ".join(notes) or f"ops={len(ops)}"
         return model.ActionDone(time.monotonic_ns(), action_id=act.id, kind=act.type, detail=detail)
 
     def describe(self, act: model.Action) -> str:
@@ -197,7 +197,8 @@ class NetOps:
         return f"{self._where(act, ifname)}: {body}"
 
     def _run(self, ops: list[_Op], ifindex: int, notes: list[str]) -> str:
-        """Run ``ops`` in order, consecutive netlink ones as one batch. Returns the first error."""
+        """Run ``ops`` in order, consecutive netlink ones as one batch; stop at a batch or step that
+        failed and return its error ("" if all went well)."""
         pending: list[_Op] = []
         for op in [*ops, None]:
             if op is not None and op.encode is not None:
@@ -209,7 +210,10 @@ class NetOps:
                 if error:
                     return error
             if op is not None:
-                note = op.local()
+                try:
+                    note = op.local()
+                except OSError as exc:
+                    return f"{_errname(exc.errno)} ({exc.strerror}) at: {op.text}"
                 if isinstance(note, str):
                     notes.append(note)
         return ""
@@ -314,7 +318,10 @@ class NetOps:
 
         def send() -> str:
             mac = self.announcer.hwaddr(ifname)
-            sent = self.announcer.announce(ifname, frames_for(mac, addrs), act.count, interval_ms / 1000)
+            frames = self._frames.get(mac)
+            if frames is None:
+                frames = self._frames[mac] = frames_for(mac, addrs)
+            sent = self.announcer.announce(ifname, frames, act.count, interval_ms / 1000)
             return f"sent {sent} frames from {mac}; {act.count - 1} more rounds every {interval_ms:g} ms"
 
         text = (f"announce {' '.join(addrs)} dev {ifname} count {act.count} "

@@ -107,6 +107,11 @@ class Prober:
         """Events lost because nobody drained a full queue (should stay 0)."""
         return self._engine.overflow()
 
+    def samples(self, path: int) -> dict[str, list[int]]:
+        """The latest RTT and send-lateness samples (ns) of ``path``, oldest first."""
+        snap = self._engine.snapshot(path)
+        return {"rtt_ns": snap["rtt_samples"], "send_lag_ns": snap["lag_samples"]}
+
     def stats(self) -> list[dict]:
         out = []
         for i, name in enumerate(self._names):

@@ -180,9 +180,9 @@ def verify(entries: Iterable[Entry], machine_factory: Any = None) -> VerifyResul
         if kind == "config":
             settle(fold, "was not recorded before the daemon restarted")
             fold.params = rec.get("cfg") or {}
-            if fold.machine is None:
-                fold.machine = machine_factory.from_params(fold.params)
-            else:
+            # The machine is built at the first event, so that a snapshot right after this
+            # record (the top of a rotated file) can set its state first.
+            if fold.machine is not None:
                 fold.machine.reconfigure(fold.params)
         elif kind == "snapshot":
             if fold.machine is None and fold.params is not None:
@@ -194,6 +194,8 @@ def verify(entries: Iterable[Entry], machine_factory: Any = None) -> VerifyResul
                                                f"{_describe_step(step)} that the log does not record")
                     return result
             fold.pending.clear()
+            if fold.machine is None and fold.params is not None:
+                fold.machine = machine_factory.from_params(fold.params)
             if fold.machine is None:
                 result.unverified += 1
                 continue
@@ -304,8 +306,8 @@ def stats(entries: Iterable[Entry]) -> dict[str, NodeStats]:
             if "active" in tr and (tr["active"] != node.active or node.active_since is None):
                 node.hold(t, tr["active"])
         else:
-            t = rec["mono"]
-        node.last_t = max(node.last_t or t, t)
+            continue
+        node.last_t = t if node.last_t is None else max(node.last_t, t)
     for node in nodes.values():
         if node.active_since is not None and node.last_t is not None:
             node.hold(node.last_t, node.active)

@@ -38,7 +38,7 @@ class KernelSim:
 class Driver:
     """Feeds events, carries out kernel actions at once and feeds their outcomes back."""
 
-    def __init__(self, n: int = 2, fail_steps: set[int] | None = None, **params):
+    def __init__(self, n: int = 2, fail_steps: set[int] | None = None, heard: bool = True, **params):
         self.mach = M.Machine(M.Params(paths=tuple(f"p{i}" for i in range(n)), **params))
         self.kernel = KernelSim(n)
         self.t = 1_000
@@ -46,6 +46,8 @@ class Driver:
         self.log: list[tuple[m.Event, M.Step]] = []
         self.fail_steps = fail_steps or set()
         self.feed(m.DaemonStarted(t_ns=self.t, holder=0, carrier=(True,) * n, macs=MACS[:n]))
+        for path in range(n if heard else 0):  # the peer answers on every path
+            self.feed(m.HeartbeatRecovered(t_ns=self.t, path=path, replies=3))
 
     def feed(self, ev: m.Event) -> M.Step:
         step = self.mach.step(ev)
@@ -198,6 +200,15 @@ def test_restart_mid_move_finishes_the_sequence():
     step = restarted.step(m.DaemonStarted(t_ns=d.t + 1, holder=None, carrier=(False, True), macs=MACS[:2]))
     assert step.dst == M.FAILING_OVER and step.active == 1
     assert any(isinstance(a, m.EnableNic) and a.path == 1 for a in step.actions)
+
+
+def test_absent_peer_does_not_move_the_identity():
+    d = Driver(heard=False)
+    step = d.feed(m.HeartbeatLost(t_ns=d.t, path=0))
+    assert step.dst == M.ALL_PATHS_DOWN and d.kernel.holders() == [0]
+    d.feed(m.HeartbeatLost(t_ns=d.t, path=1))
+    step = d.feed(m.HeartbeatRecovered(t_ns=d.t, path=0))  # the peer appears
+    assert d.state == M.MONITORING and d.kernel.holders() == [0]
 
 
 def test_started_adopts_the_kernel_layout_without_moving():
