@@ -25,6 +25,7 @@ import fcntl
 import json
 import os
 import platform
+import random
 import select
 import socket
 import struct
@@ -48,8 +49,9 @@ OWN_MACS = (IDENTITY_MAC, "02:00:00:00:0a:02")
 REACH_TIMEOUT_S = 1.0
 DETECT_TIMEOUT_S = 2.0
 
-# Runs in the peer's namespace: one line in ("down", "up", "flap-down"), one line out with the
-# monotonic time taken just before the fault request. The requests are encoded beforehand and
+# Runs in the peer's namespace: one line in ("down DELAY_US", "up 0", "flap-down DELAY_US"), one
+# line out with the monotonic time taken just before the fault request. The delay puts the fault
+# at a random phase of node a's carrier poll. The requests are encoded beforehand and
 # sent raw, so the stamp is within tens of microseconds of the kernel acting on it.
 INJECTOR = r"""
 import socket, sys, time
@@ -68,11 +70,12 @@ def link(index, state):
     sock.send(msgs[(index, state)])
     sock.recv(65536)  # the ack
 for line in sys.stdin:
-    cmd = line.strip()
+    cmd, delay_us = line.split()
     if cmd == "flap-down":
         link(spare, "down")
         link(spare, "up")
         time.sleep(0.001)
+    time.sleep(int(delay_us) / 1e6)
     t = time.monotonic_ns()
     link(nic, "up" if cmd == "up" else "down")
     print(t, flush=True)
@@ -164,7 +167,7 @@ def run_sequence(ops: NetOps, actions, per_action: dict[str, list[float]]) -> di
     return took
 
 
-def trials(lab, ops, injector, scenario: str, n: int, poll_s: float) -> dict:
+def trials(lab, ops, injector, scenario: str, n: int, poll_s: float, rng: random.Random) -> dict:
     cfg = ops.cfg
     failover = move_actions(cfg, 0, 1, IDENTITY_MAC, OWN_MACS)
     failback = move_actions(cfg, 1, 0, IDENTITY_MAC, OWN_MACS)
@@ -176,7 +179,8 @@ def trials(lab, ops, injector, scenario: str, n: int, poll_s: float) -> dict:
     rows, failures = [], 0
     per_action: dict[str, list[float]] = {}
     for _ in range(n):
-        injector.stdin.write("flap-down\n" if scenario == "after-link-change" else "down\n")
+        cmd = "flap-down" if scenario == "after-link-change" else "down"
+        injector.stdin.write(f"{cmd} {rng.randrange(int(2 * poll_s * 1e6) + 1)}\n")
         injector.stdin.flush()
         t_detect = poll.wait(False, poll_s)
         run_sequence(ops, failover, per_action)
@@ -191,7 +195,7 @@ def trials(lab, ops, injector, scenario: str, n: int, poll_s: float) -> dict:
                          "reachable_ms": (t_reachable - t_fault) / 1e6,
                          "sequence_ms": (t_configured - t_detect) / 1e6})
         # Back to the primary, as the next trial starts from there.
-        injector.stdin.write("up\n")
+        injector.stdin.write("up 0\n")
         injector.stdin.flush()
         injector.stdout.readline()
         poll.wait(True, poll_s)
@@ -228,13 +232,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trials", type=int, default=60, help="trials per scenario (at least 50 for a p99)")
     ap.add_argument("--poll-ms", type=float, default=None, help="carrier poll period (default: link.poll_interval_ms)")
     ap.add_argument("--json", metavar="FILE", help="write all figures here")
+    ap.add_argument("--seed", type=int, default=1, help="seed of the fault phase jitter")
     args = ap.parse_args(argv)
 
     cfg = lab_config()
     poll_ms = cfg.link.poll_interval_ms if args.poll_ms is None else args.poll_ms
-    result = {"bench": "failover", "trials": args.trials, "poll_ms": poll_ms,
+    rng = random.Random(args.seed)
+    result = {"bench": "failover", "trials": args.trials, "poll_ms": poll_ms, "seed": args.seed,
               "announce": {"count": cfg.failover.announce_count, "interval_ms": cfg.failover.announce_interval_ms},
-              "host": {"kernel": platform.release(), "python": platform.python_version(), "cpus": os.cpu_count()},
+              "host": {"kernel": platform.release(), "python": platform.python_version(), "cpus": os.cpu_count(),
+                       "loadavg_before": os.getloadavg()},
               "scenarios": {}}
     with TwoNodeLab.create("bfo") as lab:
         setup_peer(lab)
@@ -250,16 +257,17 @@ def main(argv: list[str] | None = None) -> int:
             run_sequence(ops, move_actions(cfg, 1, 0, IDENTITY_MAC, OWN_MACS), {})
             result["sequence_only"] = sequence_only(lab, ops, args.trials)
             for scenario in ("quiet", "after-link-change"):
-                result["scenarios"][scenario] = trials(lab, ops, injector, scenario, args.trials, poll_ms / 1000)
+                result["scenarios"][scenario] = trials(lab, ops, injector, scenario, args.trials, poll_ms / 1000, rng)
         finally:
             injector.stdin.close()
             injector.wait(timeout=10)
             ops.close()
 
+    result["host"]["loadavg_after"] = os.getloadavg()
     seq = result["sequence_only"]
     print(f"NetOps sequence alone ({2 * args.trials} moves): 6 actions p50 {seq['six_actions']['p50_ms']} ms "
           f"p99 {seq['six_actions']['p99_ms']} ms; 5 netlink actions p50 {seq['five_netlink_actions']['p50_ms']} ms "
-          f"p99 {seq['five_netlink_actions']['p99_ms']} ms")
+          f"p99 {seq['five_netlink_actions']['p99_ms']} ms (load average {result['host']['loadavg_before'][0]:.2f})")
     for name, s in result["scenarios"].items():
         print(f"{name:>18}: " + "  ".join(f"{k[:-3]} p50 {s[k]['p50_ms']} / p99 {s[k]['p99_ms']} ms"
                                           for k in ("detect_ms", "configured_ms", "reachable_ms"))

@@ -1,5 +1,8 @@
 """Prober benchmark: the nogil Cython loop (hanet.probe) beside a pure-Python loop, in one run.
 
+Three columns: the pure-Python loop, the Cython loop at normal priority, and the Cython loop with
+its thread SCHED_FIFO (``Prober(cfg, rt_priority=10)``), which shows what a busy host costs.
+
 Two namespaces joined by two veth pairs (hanet.labnet.TwoNodeLab). Each node runs in its own
 process (``ip netns exec``), both nodes with the same implementation, and node a reports:
 
@@ -46,6 +49,8 @@ PACKET_MR_MULTICAST = 0
 NICS = {"a": ("nic1", "nic3"), "b": ("nic2", "nic4")}
 IDS = {"a": ("alpha", "beta"), "b": ("beta", "alpha")}
 SWEEP_US = (200, 100, 50, 20, 10)
+IMPLS = ("python", "cython", "cython-fifo")
+RT_PRIORITY = 10
 
 
 def summary(samples: list[int]) -> dict:
@@ -162,9 +167,10 @@ def run_node(args) -> dict:
     """One node for ``args.seconds``; measures over the time after ``args.warmup``."""
     key = open(args.key_file, "rb").read()
     active = tuple(range(args.paths))
-    if args.impl == "cython":
+    if args.impl.startswith("cython"):
         from hanet.probe import Prober
-        prober = Prober(node_config(args.role, key, args.interval_ms, args.poll_ms))
+        prober = Prober(node_config(args.role, key, args.interval_ms, args.poll_ms),
+                        rt_priority=RT_PRIORITY if args.impl == "cython-fifo" else 0)
         prober.start()
         time.sleep(args.warmup)
         before, cpu0, t0 = prober.stats(), cpu_seconds(), time.monotonic()
@@ -218,7 +224,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd")
     node = sub.add_parser("node", help="(internal) run one node inside its namespace")
-    node.add_argument("--impl", choices=("cython", "python"), required=True)
+    node.add_argument("--impl", choices=IMPLS, required=True)
     node.add_argument("--role", choices=("a", "b"), required=True)
     node.add_argument("--key-file", required=True)
     node.add_argument("--interval-ms", type=float, required=True)
@@ -239,7 +245,7 @@ def main() -> None:
             labnet.TwoNodeLab.create("bprobe") as lab:
         key.write(os.urandom(32))
         key.flush()
-        for impl in ("python", "cython"):
+        for impl in IMPLS:
             r = results[impl] = {}
             for interval in (1.0, 10.0):
                 r[f"lateness_{interval:g}ms"] = scenario(lab, key.name, impl, interval, interval, 2, args.seconds)
@@ -257,23 +263,21 @@ def main() -> None:
 
 
 def report(results: dict) -> None:
-    def row(label, py, cy):
-        print(f"{label:<44}{py!s:>22}{cy!s:>22}")
-    py, cy = results["python"], results["cython"]
-    row("", "pure Python", "Cython (nogil)")
+    def row(label, pick):
+        print(f"{label:<44}" + "".join(f"{pick(results[impl])!s:>20}" for impl in IMPLS))
+    print(f"{'':<44}" + "".join(f"{impl:>20}" for impl in IMPLS))
     for interval in ("1", "10"):
+        key = f"lateness_{interval}ms"
         for q in ("p50_us", "p99_us", "max_us"):
-            key = f"lateness_{interval}ms"
-            row(f"send lateness at {interval} ms, {q}", py[key]["send_lateness"][q], cy[key]["send_lateness"][q])
-        row(f"  reply ratio at {interval} ms", py[key]["reply_ratio"], cy[key]["reply_ratio"])
+            row(f"send lateness at {interval} ms, {q}", lambda r: r[key]["send_lateness"][q])
+        row(f"  reply ratio at {interval} ms", lambda r: r[key]["reply_ratio"])
     for poll in ("10", "1"):
         key = f"rest_10ms_poll_{poll}ms"
-        row(f"CPU % at rest, 2 paths @10 ms, poll {poll} ms", py[key]["cpu_percent"], cy[key]["cpu_percent"])
+        row(f"CPU % at rest, 2 paths @10 ms, poll {poll} ms", lambda r: r[key]["cpu_percent"])
     for us in SWEEP_US:
-        p, c = py["rate_sweep"][f"{us}us"], cy["rate_sweep"][f"{us}us"]
-        row(f"replies/s at {us} us interval (ratio)", f"{p['replies_per_s']} ({p['reply_ratio']})",
-            f"{c['replies_per_s']} ({c['reply_ratio']})")
-    row("max reply rate with >= 99 % answered", py["max_reply_rate_per_s"], cy["max_reply_rate_per_s"])
+        row(f"replies/s at {us} us interval (ratio)",
+            lambda r: f"{r['rate_sweep'][f'{us}us']['replies_per_s']} ({r['rate_sweep'][f'{us}us']['reply_ratio']})")
+    row("max reply rate with >= 99 % answered", lambda r: r["max_reply_rate_per_s"])
 
 
 if __name__ == "__main__":

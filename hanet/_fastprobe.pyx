@@ -2,8 +2,10 @@
 # distutils: libraries = crypto
 """Heartbeat hot path: AF_PACKET sockets, frame codec, HMAC check and the probe loop without the GIL.
 
-One thread serves every path: it sends requests on absolute CLOCK_MONOTONIC deadlines (a
-timerfd armed with TFD_TIMER_ABSTIME, so periods never drift), answers the peer's requests,
+One thread serves every path: it sends requests on absolute CLOCK_MONOTONIC deadlines (each
+ppoll() waits until the next deadline, recomputed from the absolute time, so periods never
+drift; with 1 us timer slack this wakes as early as a timerfd and costs no extra syscalls),
+answers the peer's requests,
 matches replies, reads each path's carrier bit with the ETHTOOL_GLINK ioctl, and queues only
 threshold events for Python, signalled through an eventfd. All shared state sits in one ``Core``
 behind one mutex; the loop holds it except while it waits in poll(), so Python's calls (stats,
@@ -23,6 +25,7 @@ cdef extern from * nogil:
     #include <errno.h>
     #include <poll.h>
     #include <pthread.h>
+    #include <sched.h>
     #include <string.h>
     #include <time.h>
     #include <unistd.h>
@@ -33,15 +36,44 @@ cdef extern from * nogil:
     #include <sys/ioctl.h>
     #include <sys/prctl.h>
     #include <sys/socket.h>
-    #include <sys/timerfd.h>
     #include <linux/ethtool.h>
     #include <linux/sockios.h>
+    #include <openssl/core_names.h>
     #include <openssl/crypto.h>
     #include <openssl/evp.h>
-    #include <openssl/hmac.h>
+    #include <openssl/params.h>
     #ifndef PACKET_IGNORE_OUTGOING
     #define PACKET_IGNORE_OUTGOING 23
     #endif
+
+    /* An HMAC-SHA256 context keyed once; NULL on failure. */
+    static EVP_MAC_CTX *hn_mac_new(const unsigned char *key, size_t key_len) {
+        EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+        EVP_MAC_CTX *ctx = mac ? EVP_MAC_CTX_new(mac) : NULL;
+        OSSL_PARAM params[] = {
+            OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
+            OSSL_PARAM_construct_end(),
+        };
+        EVP_MAC_free(mac);  /* the context holds its own reference */
+        if (ctx && !EVP_MAC_init(ctx, key, key_len, params)) {
+            EVP_MAC_CTX_free(ctx);
+            ctx = NULL;
+        }
+        return ctx;
+    }
+
+    /* HMAC of data truncated to out_len bytes. Re-initialising with a NULL key reuses the key
+       schedule computed once by hn_mac_new (a quarter of the cost of a one-shot HMAC()). */
+    static int hn_mac(EVP_MAC_CTX *ctx, const unsigned char *data, size_t n, unsigned char *out,
+                      size_t out_len) {
+        unsigned char digest[EVP_MAX_MD_SIZE];
+        size_t len = 0;
+        if (!EVP_MAC_init(ctx, NULL, 0, NULL) || !EVP_MAC_update(ctx, data, n)
+                || !EVP_MAC_final(ctx, digest, &len, sizeof digest) || len < out_len)
+            return 0;
+        memcpy(out, digest, out_len);
+        return 1;
+    }
 
     /* Carrier bit of ifname: 1/0, or -errno (-ENODEV once the interface is gone). */
     static int hn_carrier(int fd, const char *ifname) {
@@ -55,28 +87,67 @@ cdef extern from * nogil:
         return ev.data ? 1 : 0;
     }
 
-    /* One datagram with its sender address and kernel receive time (CLOCK_REALTIME ns, 0 if
-       none). Returns the frame's full length (MSG_TRUNC), or -errno. */
-    static ssize_t hn_recv(int fd, unsigned char *buf, size_t len, struct sockaddr_ll *from,
-                           int64_t *rx_realtime_ns) {
-        char control[CMSG_SPACE(sizeof(struct timespec))];
-        *rx_realtime_ns = 0;
-        struct iovec iov = { .iov_base = buf, .iov_len = len };
-        struct msghdr msg = { .msg_name = from, .msg_namelen = sizeof *from, .msg_iov = &iov,
-                              .msg_iovlen = 1, .msg_control = control,
-                              .msg_controllen = sizeof control };
-        ssize_t n = recvmsg(fd, &msg, MSG_TRUNC);
-        if (n < 0)
+    /* A received frame, its sender address and kernel receive time (CLOCK_REALTIME ns, 0 if
+       none). len is the frame's full length even when longer than data (MSG_TRUNC). */
+    #define HN_BATCH 16
+    typedef struct {
+        unsigned char data[128];
+        struct sockaddr_ll from;
+        int64_t rx_realtime_ns;
+        ssize_t len;
+    } hn_datagram;
+
+    /* Up to HN_BATCH queued frames in one recvmmsg() without blocking: the count, or -errno. */
+    static int hn_recv_batch(int fd, hn_datagram *d) {
+        struct mmsghdr msgs[HN_BATCH];
+        struct iovec iov[HN_BATCH];
+        char control[HN_BATCH][CMSG_SPACE(sizeof(struct timespec))];
+        memset(msgs, 0, sizeof msgs);
+        for (int i = 0; i < HN_BATCH; i++) {
+            iov[i].iov_base = d[i].data;
+            iov[i].iov_len = sizeof d[i].data;
+            msgs[i].msg_hdr.msg_name = &d[i].from;
+            msgs[i].msg_hdr.msg_namelen = sizeof d[i].from;
+            msgs[i].msg_hdr.msg_iov = &iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+            msgs[i].msg_hdr.msg_control = control[i];
+            msgs[i].msg_hdr.msg_controllen = sizeof control[i];
+        }
+        int got = recvmmsg(fd, msgs, HN_BATCH, MSG_DONTWAIT | MSG_TRUNC, NULL);
+        if (got < 0)
             return -errno;
-        *rx_realtime_ns = 0;
-        for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-            if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SO_TIMESTAMPNS) {
-                struct timespec ts;
-                memcpy(&ts, CMSG_DATA(c), sizeof ts);
-                *rx_realtime_ns = (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+        for (int i = 0; i < got; i++) {
+            struct msghdr *msg = &msgs[i].msg_hdr;
+            d[i].len = msgs[i].msg_len;
+            d[i].rx_realtime_ns = 0;
+            for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c; c = CMSG_NXTHDR(msg, c)) {
+                if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SO_TIMESTAMPNS) {
+                    struct timespec ts;
+                    memcpy(&ts, CMSG_DATA(c), sizeof ts);
+                    d[i].rx_realtime_ns = (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+                }
             }
         }
-        return n;
+        return got;
+    }
+
+    /* Wait for fds until the absolute CLOCK_MONOTONIC deadline. */
+    static int hn_wait(struct pollfd *fds, int n, int64_t deadline_ns) {
+        struct timespec now, tmo;
+        int64_t left;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        left = deadline_ns - ((int64_t)now.tv_sec * 1000000000LL + now.tv_nsec);
+        if (left < 0)
+            left = 0;
+        tmo.tv_sec = left / 1000000000LL;
+        tmo.tv_nsec = left % 1000000000LL;
+        return ppoll(fds, n, &tmo, NULL);
+    }
+
+    /* SCHED_FIFO at priority for the calling thread: 0, or the errno. */
+    static int hn_realtime(int priority) {
+        struct sched_param sp = { .sched_priority = priority };
+        return pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp);
     }
 
     static int64_t hn_clock_ns(clockid_t clock) {
@@ -85,19 +156,12 @@ cdef extern from * nogil:
         return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
     }
 
-    static int hn_arm_timer(int fd, int64_t deadline_ns) {
-        struct itimerspec its;
-        memset(&its, 0, sizeof its);
-        its.it_value.tv_sec = deadline_ns / 1000000000LL;
-        its.it_value.tv_nsec = deadline_ns % 1000000000LL;
-        return timerfd_settime(fd, TFD_TIMER_ABSTIME, &its, NULL);
-    }
     """
     ctypedef int clockid_t
     ctypedef unsigned int socklen_t
     ctypedef struct pthread_mutex_t:
         pass
-    ctypedef struct EVP_MD:
+    ctypedef struct EVP_MAC_CTX:
         pass
     struct sockaddr:
         pass
@@ -120,9 +184,16 @@ cdef extern from * nogil:
         short revents
 
     int hn_carrier(int fd, const char *ifname)
-    ssize_t hn_recv(int fd, unsigned char *buf, size_t len, sockaddr_ll *frm, int64_t *rx_realtime_ns)
+    enum: HN_BATCH
+    ctypedef struct hn_datagram:
+        unsigned char data[128]
+        sockaddr_ll frm "from"
+        int64_t rx_realtime_ns
+        ssize_t len
+    int hn_recv_batch(int fd, hn_datagram *d)
+    int hn_wait(pollfd *fds, int n, int64_t deadline_ns)
+    int hn_realtime(int priority)
     int64_t hn_clock_ns(clockid_t clock)
-    int hn_arm_timer(int fd, int64_t deadline_ns)
 
     int errno
     int EAGAIN, EINTR, ENODEV
@@ -131,16 +202,14 @@ cdef extern from * nogil:
     int AF_INET, AF_PACKET, SOCK_DGRAM, SOCK_NONBLOCK, SOCK_CLOEXEC
     int SOL_SOCKET, SO_TIMESTAMPNS, SOL_PACKET, PACKET_ADD_MEMBERSHIP, PACKET_MR_MULTICAST
     int PACKET_IGNORE_OUTGOING, PACKET_OUTGOING
-    int EFD_NONBLOCK, EFD_CLOEXEC, TFD_NONBLOCK, TFD_CLOEXEC
+    int EFD_NONBLOCK, EFD_CLOEXEC
     int PR_SET_TIMERSLACK
 
     int pthread_mutex_init(pthread_mutex_t *m, void *attr)
     int pthread_mutex_destroy(pthread_mutex_t *m)
     int pthread_mutex_lock(pthread_mutex_t *m)
     int pthread_mutex_unlock(pthread_mutex_t *m)
-    int poll(pollfd *fds, unsigned long n, int timeout)
     int eventfd(unsigned int initval, int flags)
-    int timerfd_create(clockid_t clock, int flags)
     int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5)
     ssize_t read(int fd, void *buf, size_t n)
     ssize_t write(int fd, const void *buf, size_t n)
@@ -153,9 +222,9 @@ cdef extern from * nogil:
     unsigned int if_nametoindex(const char *name)
     char *strerror(int errnum)
 
-    const EVP_MD *EVP_sha256()
-    unsigned char *HMAC(const EVP_MD *md, const void *key, int key_len, const unsigned char *data,
-                        size_t n, unsigned char *out, unsigned int *out_len)
+    EVP_MAC_CTX *hn_mac_new(const unsigned char *key, size_t key_len)
+    int hn_mac(EVP_MAC_CTX *ctx, const unsigned char *data, size_t n, unsigned char *out, size_t out_len)
+    void EVP_MAC_CTX_free(EVP_MAC_CTX *ctx)
     int CRYPTO_memcmp(const void *a, const void *b, size_t n)
 
 
@@ -169,7 +238,6 @@ cdef enum:
     MAC_LEN = 16
     BODY_LEN = 52
     FRAME_LEN = 68
-    RX_BUF = 256
 
 # Drop reasons, in counter order. The first five come from the stateless decode.
 cdef enum:
@@ -218,14 +286,7 @@ cdef inline uint64_t get_u64(const uint8_t *p) noexcept nogil:
     return v
 
 
-cdef void frame_mac(const uint8_t *key, int key_len, const uint8_t *body, uint8_t *out) noexcept nogil:
-    cdef uint8_t digest[32]
-    cdef unsigned int digest_len = 32
-    HMAC(EVP_sha256(), key, key_len, body, BODY_LEN, digest, &digest_len)
-    memcpy(out, digest, MAC_LEN)
-
-
-cdef void build_frame(uint8_t *out, const uint8_t *key, int key_len, int kind, int path, int active,
+cdef void build_frame(uint8_t *out, EVP_MAC_CTX *mac, int kind, int path, int active,
                       const uint8_t *node_id, uint64_t seq, int64_t send_ns, uint64_t echo_seq,
                       int64_t echo_ns) noexcept nogil:
     out[0] = VERSION
@@ -237,11 +298,11 @@ cdef void build_frame(uint8_t *out, const uint8_t *key, int key_len, int kind, i
     put_u64(out + 28, <uint64_t>send_ns)
     put_u64(out + 36, echo_seq)
     put_u64(out + 44, <uint64_t>echo_ns)
-    frame_mac(key, key_len, out, out + BODY_LEN)
+    if not hn_mac(mac, out, BODY_LEN, out + BODY_LEN, MAC_LEN):
+        memset(out + BODY_LEN, 0, MAC_LEN)  # cannot happen with a working libcrypto; peer drops it
 
 
-cdef int parse_frame(const uint8_t *key, int key_len, const uint8_t *data, ssize_t n,
-                     Parsed *f) noexcept nogil:
+cdef int parse_frame(EVP_MAC_CTX *mac, const uint8_t *data, ssize_t n, Parsed *f) noexcept nogil:
     """FRAME_OK with ``f`` filled, or the drop reason. Authenticates before reading any field."""
     cdef uint8_t expect[MAC_LEN]
     if n < 1:
@@ -252,8 +313,7 @@ cdef int parse_frame(const uint8_t *key, int key_len, const uint8_t *data, ssize
         return DROP_SHORT
     if n > FRAME_LEN:
         return DROP_LONG
-    frame_mac(key, key_len, data, expect)
-    if CRYPTO_memcmp(expect, data + BODY_LEN, MAC_LEN) != 0:
+    if not hn_mac(mac, data, BODY_LEN, expect, MAC_LEN) or CRYPTO_memcmp(expect, data + BODY_LEN, MAC_LEN) != 0:
         return DROP_AUTH
     if data[1] < KIND_REQUEST or data[1] > KIND_NOTICE:
         return DROP_KIND
@@ -268,14 +328,23 @@ cdef int parse_frame(const uint8_t *key, int key_len, const uint8_t *data, ssize
     return FRAME_OK
 
 
+cdef EVP_MAC_CTX *keyed_mac(bytes key) except NULL:
+    cdef EVP_MAC_CTX *mac = hn_mac_new(key, len(key))
+    if mac == NULL:
+        raise ValueError("libcrypto refused the HMAC-SHA256 key")
+    return mac
+
+
 def encode(bytes key, frame):
     """The frame's bytes (same contract as hanet.frame.encode)."""
     cdef uint8_t out[FRAME_LEN]
     cdef bytes node_id = frame.node_id
     if len(node_id) != NODE_ID_LEN:
         raise ValueError(f"node_id must be {NODE_ID_LEN} bytes")
-    build_frame(out, key, len(key), frame.kind, frame.path, frame.active, node_id, frame.seq,
+    cdef EVP_MAC_CTX *mac = keyed_mac(key)
+    build_frame(out, mac, frame.kind, frame.path, frame.active, node_id, frame.seq,
                 frame.send_ns, frame.echo_seq, frame.echo_ns)
+    EVP_MAC_CTX_free(mac)
     return out[:FRAME_LEN]
 
 
@@ -284,7 +353,9 @@ def decode(bytes key, const uint8_t[:] data not None):
     cdef Parsed f
     cdef int code
     cdef const uint8_t *ptr = &data[0] if data.shape[0] > 0 else NULL
-    code = parse_frame(key, len(key), ptr, data.shape[0], &f)
+    cdef EVP_MAC_CTX *mac = keyed_mac(key)
+    code = parse_frame(mac, ptr, data.shape[0], &f)
+    EVP_MAC_CTX_free(mac)
     if code != FRAME_OK:
         return DROP_REASONS[code], None
     return "ok", Frame(kind=f.kind, path=f.path, node_id=f.node_id[:NODE_ID_LEN], seq=f.seq,
@@ -298,7 +369,7 @@ cdef enum:
     EVENT_QUEUE = 16384     # threshold events waiting for drain()
     WINDOW_BITS = 1024      # replay window bitmap; config caps heartbeat.replay_window here
     WINDOW_WORDS = 16
-    RECV_BATCH = 64         # frames read per socket per wake, so one busy path cannot starve others
+    RECV_BATCHES = 4        # recvmmsg() calls per socket per wake, so one busy path cannot starve others
     NOTICE_COPIES = 3
     NOTICE_GAP_NS = 2000000
 
@@ -387,12 +458,10 @@ cdef struct Core:
     bint stop
     int wake_fd
     int event_fd
-    int timer_fd
     int ctl_fd
     int npaths
     uint16_t ethertype
-    uint8_t *key
-    int key_len
+    EVP_MAC_CTX *mac        # keyed with heartbeat.key
     uint8_t node_id[NODE_ID_LEN]
     uint8_t peer_id[NODE_ID_LEN]
     int64_t interval_ns
@@ -401,6 +470,8 @@ cdef struct Core:
     int multiplier
     int recover_count
     int window
+    int rt_priority         # SCHED_FIFO priority of the loop thread; 0 = normal scheduling
+    int rt_error            # errno of setting it, 0 if it took (or was not asked for)
     uint64_t seq
     int64_t next_poll
     Path paths[MAX_PATHS]
@@ -452,7 +523,7 @@ cdef int open_path_socket(const char *ifname, uint16_t ethertype, int *ifindex) 
         err = errno
         close(fd)
         return -err
-    # Our own transmissions are not input (kernels before 4.20 lack it; hn_recv filters too).
+    # Our own transmissions are not input (kernels before 4.20 lack it; receive() filters too).
     setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof(one))
     ifindex[0] = idx
     return fd
@@ -489,7 +560,7 @@ cdef void send_frame(Core *c, int i, int kind, int active, uint64_t seq, int64_t
     if p.fd < 0:
         p.send_errors += 1
         return
-    build_frame(buf, c.key, c.key_len, kind, i, active, c.node_id, seq, send_ns, echo_seq, echo_ns)
+    build_frame(buf, c.mac, kind, i, active, c.node_id, seq, send_ns, echo_seq, echo_ns)
     memset(&dst, 0, sizeof(dst))
     dst.sll_family = AF_PACKET
     dst.sll_protocol = htons(c.ethertype)
@@ -602,7 +673,7 @@ cdef void on_frame(Core *c, int i, const uint8_t *buf, ssize_t n, sockaddr_ll *f
                    int64_t recv_delay) noexcept nogil:
     cdef Path *p = &c.paths[i]
     cdef Parsed f
-    cdef int code = parse_frame(c.key, c.key_len, buf, n, &f)
+    cdef int code = parse_frame(c.mac, buf, n, &f)
     cdef int64_t now
     if code == FRAME_OK and memcmp(f.node_id, c.peer_id, NODE_ID_LEN) != 0:
         code = DROP_NODE
@@ -638,20 +709,22 @@ cdef void on_frame(Core *c, int i, const uint8_t *buf, ssize_t n, sockaddr_ll *f
 
 
 cdef void receive(Core *c, int i) noexcept nogil:
-    cdef Path *p = &c.paths[i]
-    cdef uint8_t buf[RX_BUF]
-    cdef sockaddr_ll frm
-    cdef int64_t rx_rt, delay
-    cdef ssize_t n
-    cdef int k
-    for k in range(RECV_BATCH):
-        n = hn_recv(p.fd, buf, RX_BUF, &frm, &rx_rt)
-        if n < 0:
-            return  # EAGAIN, or a pending socket error (ENETDOWN) which reading has now cleared
-        if frm.sll_pkttype == PACKET_OUTGOING:
-            continue
-        delay = hn_clock_ns(CLOCK_REALTIME) - rx_rt if rx_rt > 0 else 0
-        on_frame(c, i, buf, n if n < RX_BUF else RX_BUF + 1, &frm, delay if delay > 0 else 0)
+    cdef hn_datagram batch[HN_BATCH]
+    cdef hn_datagram *d
+    cdef int64_t delay
+    cdef int k, j, got
+    for k in range(RECV_BATCHES):
+        # A short batch means the queue is empty; a pending socket error (ENETDOWN) is cleared by
+        # reading it.
+        got = hn_recv_batch(c.paths[i].fd, batch)
+        for j in range(got):
+            d = &batch[j]
+            if d.frm.sll_pkttype == PACKET_OUTGOING:
+                continue
+            delay = hn_clock_ns(CLOCK_REALTIME) - d.rx_realtime_ns if d.rx_realtime_ns > 0 else 0
+            on_frame(c, i, d.data, d.len, &d.frm, delay if delay > 0 else 0)
+        if got < HN_BATCH:
+            return
 
 
 cdef void poll_carrier(Core *c, int64_t now) noexcept nogil:
@@ -735,12 +808,14 @@ cdef int64_t service(Core *c) noexcept nogil:
 
 
 cdef void run_loop(Core *c) noexcept nogil:
-    cdef pollfd fds[2 + MAX_PATHS]
-    cdef int owner[2 + MAX_PATHS]
+    cdef pollfd fds[1 + MAX_PATHS]
+    cdef int owner[1 + MAX_PATHS]
     cdef int i, n, rc
-    cdef int64_t now
+    cdef int64_t now, deadline
     # The default 50 us timer slack would be most of our lateness budget at 1 ms periods.
     prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0)
+    if c.rt_priority > 0:
+        c.rt_error = hn_realtime(c.rt_priority)
     pthread_mutex_lock(&c.lock)
     now = mono_ns()
     c.next_poll = now
@@ -748,25 +823,23 @@ cdef void run_loop(Core *c) noexcept nogil:
         c.paths[i].next_send = now
         c.paths[i].q_next = now + c.quality_ns
     while not c.stop:
-        hn_arm_timer(c.timer_fd, service(c))
+        deadline = service(c)
         n = 0
         fds[n].fd, fds[n].events, fds[n].revents, owner[n] = c.wake_fd, POLLIN, 0, -1
-        n += 1
-        fds[n].fd, fds[n].events, fds[n].revents, owner[n] = c.timer_fd, POLLIN, 0, -2
         n += 1
         for i in range(c.npaths):
             if c.paths[i].fd >= 0:
                 fds[n].fd, fds[n].events, fds[n].revents, owner[n] = c.paths[i].fd, POLLIN, 0, i
                 n += 1
         pthread_mutex_unlock(&c.lock)
-        rc = poll(fds, n, -1)
+        rc = hn_wait(fds, n, deadline)
         pthread_mutex_lock(&c.lock)
         if rc <= 0:
             continue
         for i in range(n):
             if fds[i].revents == 0:
                 continue
-            if owner[i] == -1 or owner[i] == -2:
+            if owner[i] == -1:
                 drain_fd(fds[i].fd)
             elif c.paths[owner[i]].fd == fds[i].fd:  # not swapped by rebind() meanwhile
                 receive(c, owner[i])
@@ -789,7 +862,7 @@ cdef class Engine:
 
     def __cinit__(self, *, str node_id, str peer_id, bytes key, paths, double interval_ms,
                   int multiplier, int recover_count, int ethertype, int replay_window,
-                  double poll_interval_ms, double quality_window_ms=0.0):
+                  double poll_interval_ms, double quality_window_ms=0.0, int rt_priority=0):
         cdef int i
         if not 1 <= len(paths) <= MAX_PATHS:
             raise ValueError(f"between 1 and {MAX_PATHS} paths are supported")
@@ -799,12 +872,8 @@ cdef class Engine:
         if self.c == NULL:
             raise MemoryError()
         pthread_mutex_init(&self.c.lock, NULL)
-        self.c.wake_fd = self.c.event_fd = self.c.timer_fd = self.c.ctl_fd = -1
-        self.c.key = <uint8_t *>malloc(len(key))
-        if self.c.key == NULL:
-            raise MemoryError()
-        memcpy(self.c.key, <const char *>key, len(key))
-        self.c.key_len = len(key)
+        self.c.wake_fd = self.c.event_fd = self.c.ctl_fd = -1
+        self.c.mac = keyed_mac(key)
         cdef bytes own = _id_field(node_id), peer = _id_field(peer_id)
         memcpy(self.c.node_id, <const char *>own, NODE_ID_LEN)
         memcpy(self.c.peer_id, <const char *>peer, NODE_ID_LEN)
@@ -816,6 +885,7 @@ cdef class Engine:
         self.c.multiplier = multiplier
         self.c.recover_count = recover_count
         self.c.window = replay_window
+        self.c.rt_priority = rt_priority
         # Sequence numbers start at wall-clock ns, so a restarted node's frames are newer than
         # anything its peer saw from it before.
         self.c.seq = <uint64_t>hn_clock_ns(CLOCK_REALTIME)
@@ -839,7 +909,8 @@ cdef class Engine:
         if self.c != NULL:
             self.close()
             pthread_mutex_destroy(&self.c.lock)
-            free(self.c.key)
+            if self.c.mac != NULL:
+                EVP_MAC_CTX_free(self.c.mac)
             free(self.c)
             self.c = NULL
 
@@ -851,8 +922,6 @@ cdef class Engine:
         try:
             self.c.wake_fd = self._check(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC), "eventfd")
             self.c.event_fd = self._check(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC), "eventfd")
-            self.c.timer_fd = self._check(timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC),
-                                          "timerfd_create")
             self.c.ctl_fd = self._check(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), "socket")
             for i in range(self.c.npaths):
                 fd = open_path_socket(self.c.paths[i].ifname, self.c.ethertype, &idx)
@@ -878,10 +947,10 @@ cdef class Engine:
             if self.c.paths[i].fd >= 0:
                 close(self.c.paths[i].fd)
                 self.c.paths[i].fd = -1
-        for fd in (self.c.wake_fd, self.c.event_fd, self.c.timer_fd, self.c.ctl_fd):
+        for fd in (self.c.wake_fd, self.c.event_fd, self.c.ctl_fd):
             if fd >= 0:
                 close(fd)
-        self.c.wake_fd = self.c.event_fd = self.c.timer_fd = self.c.ctl_fd = -1
+        self.c.wake_fd = self.c.event_fd = self.c.ctl_fd = -1
         self.opened = False
 
     def run(self):
@@ -895,6 +964,10 @@ cdef class Engine:
         pthread_mutex_unlock(&self.c.lock)
         if self.c.wake_fd >= 0:
             wake(self.c.wake_fd)
+
+    def realtime_error(self):
+        """errno of switching the loop thread to SCHED_FIFO (0: done, or not asked for)."""
+        return self.c.rt_error
 
     def event_fileno(self):
         return self.c.event_fd

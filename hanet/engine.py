@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from . import config as config_mod
 from . import machine as M
+from .control import CommandError
 from . import model as m
 from .eventlog import reader as log_reader
 from .eventlog.writer import Writer
@@ -25,6 +26,10 @@ from .eventlog.writer import Writer
 log = logging.getLogger("hanet")
 
 RECENT_TRANSITIONS = 20
+#: Fault injection for crash-consistency tests: HANET_CRASH_AFTER=<action type> makes the daemon
+#: exit at once, without cleanup, right after carrying out the first action of that type in a move.
+CRASH_ENV = "HANET_CRASH_AFTER"
+CRASH_EXIT = 137
 STATS_PERIOD_S = 1.0
 
 
@@ -124,6 +129,7 @@ class Engine:
 
         self.cfg = cfg
         self.dry_run = dry_run
+        self.crash_after = os.environ.get(CRASH_ENV, "")
         self.netlink = NetlinkThread()
         self.prober = prober or Prober(cfg)
         self.netops = self.netlink.call(NetOps, cfg)
@@ -347,6 +353,8 @@ class Engine:
             outcomes = []
             for act in batch:
                 outcomes.append(self.netops.execute(act))
+                if act.type == self.crash_after and self.machine.state in M.MOVING:
+                    os._exit(CRASH_EXIT)  # fault injection: die like kill -9, right after this step
                 if isinstance(outcomes[-1], m.ActionFailed):
                     break
             return outcomes
@@ -407,8 +415,6 @@ class Engine:
 
     def control_command(self, cmd: str, args: dict[str, Any], who: str) -> dict[str, Any]:
         """Operator commands become events in the log, with who asked. Refusals raise CommandError."""
-        from .control import CommandError
-
         try:
             return self._operator(cmd, args, who)
         except (KeyError, ValueError) as exc:

@@ -178,7 +178,7 @@ class Lab:
         for node in self.ns:
             self.start_daemon(node)
         for node in self.ns:
-            self.wait_state(node, STABLE_STATES, timeout_s)
+            self.wait_state(node, STABLE_STATES, timeout_s, all_paths_up=True)
 
     def stop_daemon(self, node: str, sig: int = signal.SIGTERM, timeout_s: float = 10.0) -> int | None:
         pid = self.pids.pop(node, None)
@@ -227,8 +227,9 @@ class Lab:
         return control.request(self.socket_path(node), cmd, **args)
 
     def wait_state(self, node: str, states: tuple[str, ...] | str, timeout_s: float = 10.0,
-                   active: int | None = None) -> dict[str, Any]:
-        """Poll the node's status until its state is one of ``states`` (bounded)."""
+                   active: int | None = None, all_paths_up: bool = False) -> dict[str, Any]:
+        """Poll the node's status until its state is one of ``states`` (bounded), and optionally
+        until every path's heartbeats are answered."""
         states = (states,) if isinstance(states, str) else states
         deadline = time.monotonic() + timeout_s
         last: Any = None
@@ -240,7 +241,8 @@ class Lab:
                 if self.pids.get(node) and not self.daemon_alive(node):
                     raise LabError(f"{node} daemon exited: {self.stderr_tail(node)}") from None
             else:
-                if last["state"] in states and (active is None or last["active"] == active):
+                healthy = not all_paths_up or all(p["health"] == "up" for p in last["paths"])
+                if last["state"] in states and (active is None or last["active"] == active) and healthy:
                     return last
             time.sleep(0.02)
         raise LabError(f"{node}: not in {states} (active={active}) within {timeout_s}s; last: {last}\n"

@@ -202,6 +202,8 @@ TABLE: list[Row] = [
            (None, "g_better_usable_auto", "e_arm_failback", "a better path is usable: hold down before failing back"),
            (None, None, None, "recovery noted")),
     *_rows("path_restored", ALL_PATHS_DOWN,
+           (MONITORING, "g_best_is_holder_primary", "e_return_to_holder", "the primary, still holding the identity, is usable again"),
+           (ALTERNATE_ACTIVE, "g_best_is_holder_alternate", "e_return_to_holder", "the alternate holding the identity is usable again"),
            (FAILING_OVER, "g_has_candidate", "e_begin_failover", "a path is usable again: restore the identity on it"),
            (None, None, None, "recovery noted; still nothing usable")),
     *_rows("path_restored", (STARTING, MONITORING, FAILING_OVER, FAILING_BACK), (None, None, None, "recovery noted")),
@@ -575,6 +577,12 @@ class Machine:
     def g_has_candidate(self, ev) -> bool:
         return self._failover_target() is not None
 
+    def g_best_is_holder_primary(self, ev) -> bool:
+        return self.active == 0 and self._failover_target() == 0
+
+    def g_best_is_holder_alternate(self, ev) -> bool:
+        return self.active not in (None, 0) and self._failover_target() == self.active
+
     def g_on_active(self, ev) -> bool:
         return self._path_of() == self.active
 
@@ -741,6 +749,17 @@ class Machine:
         for p in range(self.n):
             self._emit(m.ResumeMonitoring, path=p)
 
+    def e_return_to_holder(self) -> None:
+        """Back from all-paths-down on the NIC that kept the identity: nothing moves, but the
+        addresses are made sure of and announced, and the peer told."""
+        self._emit(m.EnableNic, path=self.active)
+        self._emit(m.Announce, path=self.active, count=self.params.announce_count)
+        for p in sorted(self.paused):
+            self._emit(m.ResumeMonitoring, path=p)
+        self.paused.clear()
+        if self.params.coordinate:
+            self._emit(m.SendNotice, path=self.active, active=self.active)
+
     def e_refuse_offline(self) -> None:
         self.facts[self._event.path].offline = False  # it stays in service
 
@@ -775,3 +794,7 @@ def render_table_markdown() -> str:
     for inp in INPUTS:
         lines.append(f"| {inp} | {', '.join(sorted(events.get(inp, []))) or '(derived from facts)'} |")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(render_table_markdown())  # README's "State machine" section is this output

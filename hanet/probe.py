@@ -43,9 +43,14 @@ def _to_event(kind: int, path: int, t_ns: int, a: int, b: int, c: int, d: int) -
 
 
 class Prober:
-    """Probes and answers on every path of ``cfg`` (path id = index in ``cfg.paths``)."""
+    """Probes and answers on every path of ``cfg`` (path id = index in ``cfg.paths``).
 
-    def __init__(self, cfg: Config):
+    ``rt_priority`` > 0 runs the loop thread SCHED_FIFO at that priority, so a busy host does not
+    delay heartbeats (and cause false losses); it needs CAP_SYS_NICE, and without it the loop
+    runs at normal priority and ``realtime_error()`` tells why.
+    """
+
+    def __init__(self, cfg: Config, rt_priority: int = 0):
         hb = cfg.heartbeat
         self._engine = _fastprobe.Engine(
             node_id=cfg.node_id, peer_id=cfg.peer_id, key=hb.key,
@@ -54,6 +59,7 @@ class Prober:
             ethertype=hb.ethertype, replay_window=hb.replay_window,
             poll_interval_ms=cfg.link.poll_interval_ms,
             quality_window_ms=cfg.quality.window_ms if cfg.quality.enabled else 0.0,
+            rt_priority=rt_priority,
         )
         self._names = [p.name for p in cfg.paths]
         self._thread: threading.Thread | None = None
@@ -102,6 +108,10 @@ class Prober:
 
     def carrier(self, path: int) -> bool:
         return self._engine.carrier(path)
+
+    def realtime_error(self) -> int:
+        """errno of switching the loop to SCHED_FIFO; 0 when done or not asked for."""
+        return self._engine.realtime_error()
 
     def events_overflowed(self) -> int:
         """Events lost because nobody drained a full queue (should stay 0)."""

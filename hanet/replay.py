@@ -19,17 +19,16 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, TextIO
 
-from . import model
+from . import machine, model
 from .eventlog import Damage, Entry, open_logs, rotated_set
+from .machine import ALTERNATE_ACTIVE, FAILING_BACK, FAILING_OVER, MONITORING, SUSPECT
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_DAMAGE = 0, 1, 2, 3
 
-MONITORING, SUSPECT, ALTERNATE = "Monitoring", "Suspect", "Alternate-Active"
-FAILING_OVER, FAILING_BACK = "Failing-Over", "Failing-Back"
 #: States from which a transition into Failing-Over declares a failure.
-DETECTING = (MONITORING, SUSPECT, ALTERNATE)
+DETECTING = (MONITORING, SUSPECT, ALTERNATE_ACTIVE)
 FAILING = (FAILING_OVER, FAILING_BACK)
-SETTLED = (MONITORING, ALTERNATE)
+SETTLED = (MONITORING, ALTERNATE_ACTIVE)
 #: Events that are the first sign of a failure of the path they name.
 FIRST_SIGNS = ("heartbeat.suspect", "link.down")
 ALL_CLEAR = ("heartbeat.cleared", "heartbeat.recovered", "link.up")
@@ -161,71 +160,75 @@ def verify(entries: Iterable[Entry], machine_factory: Any = None) -> VerifyResul
     machines have ``step(event)`` and ``reconfigure(params)`` (default: hanet.machine.Machine).
     """
     if machine_factory is None:
-        from . import machine
         machine_factory = machine.Machine
     result = VerifyResult()
     nodes: dict[str, _NodeFold] = {}
+    for entry in entries:
+        fold = nodes.setdefault(entry.record["node"], _NodeFold())
+        try:
+            mismatch = _verify_record(fold, entry, machine_factory, result)
+        # Any failure of the machine on recorded input is a verification failure to report.
+        except Exception as exc:  # noqa: BLE001
+            mismatch = Mismatch(entry, f"replay failed: {type(exc).__name__}: {exc}")
+        if mismatch is not None:
+            result.mismatch = mismatch
+            return result
+    for fold in nodes.values():
+        _settle(fold, result, "was not recorded before the log ends")
+    return result
 
-    def settle(fold: _NodeFold, why: str) -> None:
-        """Steps still waiting for their record when the daemon restarted or the log ended."""
+
+def _settle(fold: _NodeFold, result: VerifyResult, why: str) -> None:
+    """Steps still waiting for their record when the daemon restarted or the log ended."""
+    for event_entry, step in fold.pending.values():
+        if step.changed:
+            result.unwritten.append(f"{_where(event_entry)}: {_describe_step(step)} {why}")
+    fold.pending.clear()
+
+
+def _verify_record(fold: _NodeFold, entry: Entry, machine_factory: Any,
+                   result: VerifyResult) -> Mismatch | None:
+    rec = entry.record
+    kind = rec["k"]
+    if kind == "config":
+        _settle(fold, result, "was not recorded before the daemon restarted")
+        fold.params = rec.get("cfg") or {}
+        # The machine is built at the first event, so that a snapshot right after this record
+        # (the top of a rotated file) can set its state first.
+        if fold.machine is not None:
+            fold.machine.reconfigure(fold.params)
+    elif kind == "snapshot":
+        if fold.machine is None and fold.params is not None:
+            fold.machine = machine_factory.from_snapshot(fold.params, rec.get("s") or {})
+    elif kind == "event":
         for event_entry, step in fold.pending.values():
             if step.changed:
-                result.unwritten.append(f"{_where(event_entry)}: {_describe_step(step)} {why}")
+                return Mismatch(event_entry, f"replay made transition {_describe_step(step)} "
+                                             f"that the log does not record")
         fold.pending.clear()
-
-    for entry in entries:
-        rec = entry.record
-        fold = nodes.setdefault(rec["node"], _NodeFold())
-        kind = rec["k"]
-        if kind == "config":
-            settle(fold, "was not recorded before the daemon restarted")
-            fold.params = rec.get("cfg") or {}
-            # The machine is built at the first event, so that a snapshot right after this
-            # record (the top of a rotated file) can set its state first.
-            if fold.machine is not None:
-                fold.machine.reconfigure(fold.params)
-        elif kind == "snapshot":
-            if fold.machine is None and fold.params is not None:
-                fold.machine = machine_factory.from_snapshot(fold.params, rec.get("s") or {})
-        elif kind == "event":
-            for event_entry, step in fold.pending.values():
-                if step.changed:
-                    result.mismatch = Mismatch(event_entry, f"replay made transition "
-                                               f"{_describe_step(step)} that the log does not record")
-                    return result
-            fold.pending.clear()
-            if fold.machine is None and fold.params is not None:
-                fold.machine = machine_factory.from_params(fold.params)
-            if fold.machine is None:
-                result.unverified += 1
-                continue
-            try:
-                step = fold.machine.step(model.event_from_dict(rec.get("e") or {}))
-            # Any failure of the machine on a recorded input is a verification failure to report.
-            except Exception as exc:  # noqa: BLE001
-                result.mismatch = Mismatch(entry, f"replay failed: {type(exc).__name__}: {exc}")
-                return result
-            result.events += 1
-            fold.pending[rec["n"]] = (entry, step)
-        elif kind == "transition":
-            tr = rec.get("tr") or {}
-            folded = fold.pending.pop(tr.get("cause"), None)
-            if folded is None:
-                result.unverified += 1
-                continue
-            step = folded[1]
-            if not step.changed:
-                result.mismatch = Mismatch(entry, f"recorded transition {tr.get('src')} -> "
-                                           f"{tr.get('dst')} [{tr.get('trigger')}], replay made none")
-                return result
-            detail = _step_diff(tr, step)
-            if detail:
-                result.mismatch = Mismatch(entry, detail)
-                return result
-            result.transitions += 1
-    for fold in nodes.values():
-        settle(fold, "was not recorded before the log ends")
-    return result
+        if fold.machine is None and fold.params is not None:
+            fold.machine = machine_factory.from_params(fold.params)
+        if fold.machine is None:
+            result.unverified += 1
+            return None
+        step = fold.machine.step(model.event_from_dict(rec.get("e") or {}))
+        result.events += 1
+        fold.pending[rec["n"]] = (entry, step)
+    elif kind == "transition":
+        tr = rec.get("tr") or {}
+        folded = fold.pending.pop(tr.get("cause"), None)
+        if folded is None:
+            result.unverified += 1
+            return None
+        step = folded[1]
+        if not step.changed:
+            return Mismatch(entry, f"recorded transition {tr.get('src')} -> {tr.get('dst')} "
+                                   f"[{tr.get('trigger')}], replay made none")
+        detail = _step_diff(tr, step)
+        if detail:
+            return Mismatch(entry, detail)
+        result.transitions += 1
+    return None
 
 
 # --------------------------------------------------------------------------- stats

@@ -11,7 +11,6 @@ import heapq
 import os
 import zlib
 from dataclasses import dataclass, replace
-from itertools import chain
 from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple
 
 import msgpack

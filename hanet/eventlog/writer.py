@@ -28,7 +28,9 @@ from ..config import DURABILITY, EventLogConfig
 from . import framing, reader, schema
 
 FILE_MODE = 0o640
-#: Bytes held before a write(); 0 writes every record at once. See bench/bench_eventlog.py.
+#: Bytes held before a write(). 0 writes each record at once: measured ~125k records/s against
+#: ~150k/s with a 64 KiB buffer (bench/bench_eventlog.py), far above any daemon's event rate,
+#: and no record then waits inside the process for a crash to lose it.
 DEFAULT_BUFFER_BYTES = 0
 
 
@@ -37,7 +39,8 @@ class Writer:
 
     ``params`` and ``snapshot`` return the machine's parameters and state; ``params`` is written
     when the writer opens (a daemon start) and both at the top of every rotated-in file.
-    Record numbers continue from the last record already in the log.
+    Record numbers continue from the last record already in the log. Not thread-safe: one
+    writer per log, used from the event loop.
     """
 
     def __init__(self, path: str, node: str, *, durability: str = "transition",
@@ -57,8 +60,7 @@ class Writer:
         self._buffer_bytes = buffer_bytes
         self._mono_ns, self._wall_ns = mono_ns, wall_ns
         self._packb = msgpack.Packer(use_bin_type=True).pack
-        self._pending: list[bytes] = []
-        self._pending_bytes = 0
+        self._pending = bytearray()
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
         self._n = _last_number(path)
@@ -96,28 +98,25 @@ class Writer:
 
     def append(self, kind: str, body: Any, durable: bool = False) -> int:
         """Append one record of ``kind``; fdatasync per the policy. Returns its number."""
-        self._n += 1
+        n = self._n + 1
         data = framing.frame(self._packb(
-            schema.record(self.node, self._n, self._mono_ns(), self._wall_ns(), kind, body)))
-        self._pending.append(data)
-        self._pending_bytes += len(data)
+            schema.record(self.node, n, self._mono_ns(), self._wall_ns(), kind, body)))
+        self._n = n  # only once encoded: a body msgpack cannot encode leaves no gap in the numbers
+        self._pending += data
         self._size += len(data)
         if self.durability == "every" or durable and self.durability == "transition":
             self.sync()
-        elif self._pending_bytes >= self._buffer_bytes:
+        elif len(self._pending) >= self._buffer_bytes:
             self.flush()
-        return self._n
+        return n
 
     # ------------------------------------------------------------------ file handling
     def flush(self) -> None:
         """Hand every buffered record to the kernel."""
-        if not self._pending:
-            return
-        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
-        self._pending.clear()
-        self._pending_bytes = 0
-        while data:  # a short write happens only on a full disk or a signal; retry the rest
-            data = data[os.write(self._fd, data):]
+        # Bytes leave the buffer only once written: a failed write (a full disk) loses nothing
+        # already appended, and a short write is continued.
+        while self._pending:
+            del self._pending[:os.write(self._fd, self._pending)]
 
     def sync(self) -> None:
         """Flush and fdatasync: everything appended so far survives a crash."""

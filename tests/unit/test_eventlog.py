@@ -1,6 +1,7 @@
 """The event log: framing, damage found and skipped, rotation, durability, merging, upcasting."""
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 
@@ -274,3 +275,21 @@ def test_last_record_finds_the_end_of_a_large_file(tmp_path):
 def test_writer_rejects_unknown_durability(tmp_path):
     with pytest.raises(ValueError, match="durability"):
         Writer(str(tmp_path / "events.hlog"), "alpha", durability="sometimes")
+
+
+def test_failed_and_short_writes_lose_no_record(tmp_path, monkeypatch):
+    path = str(tmp_path / "events.hlog")
+    real_write = os.write
+    w = Writer(path, "alpha", durability="none")
+
+    def full_disk(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(OSError):
+        w.event(model.LinkDown(t_ns=1, path=0))
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, bytes(data[:7])))  # short writes
+    w.event(model.LinkUp(t_ns=2, path=0))
+    w.close()
+    entries, damage = read_all(path)
+    assert damage == []
+    assert [(e.record["n"], e.record["e"]["type"]) for e in entries] == [(1, "link.down"), (2, "link.up")]

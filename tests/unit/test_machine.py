@@ -208,7 +208,8 @@ def test_absent_peer_does_not_move_the_identity():
     assert step.dst == M.ALL_PATHS_DOWN and d.kernel.holders() == [0]
     d.feed(m.HeartbeatLost(t_ns=d.t, path=1))
     step = d.feed(m.HeartbeatRecovered(t_ns=d.t, path=0))  # the peer appears
-    assert d.state == M.MONITORING and d.kernel.holders() == [0]
+    assert step.dst == M.MONITORING and d.kernel.holders() == [0]
+    assert [type(a) for a in step.actions if isinstance(a, m.KERNEL_ACTIONS)] == [m.EnableNic, m.Announce]
 
 
 def test_started_adopts_the_kernel_layout_without_moving():

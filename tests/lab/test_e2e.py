@@ -1,0 +1,307 @@
+"""End to end: two real daemons in two namespaces, real faults, real failovers.
+
+Every test's logs go through ``hanet replay --verify`` at teardown, and every namespace and daemon
+is removed even when the test fails.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from hanet import lab as labmod
+from hanet import replay
+from hanet.eventlog import reader
+
+pytestmark = pytest.mark.lab
+
+IDENTITY = {"alpha": {"192.0.2.1/24", "192.0.2.101/24", "2001:db8::1/64"},
+            "beta": {"192.0.2.2/24", "192.0.2.102/24", "2001:db8::2/64"}}
+NICS = {"alpha": ("nic1", "nic3"), "beta": ("nic2", "nic4")}
+PEER_ADDRESS = {"alpha": "192.0.2.2", "beta": "192.0.2.1"}
+
+
+@pytest.fixture
+def make_lab(tmp_path):
+    labs: list[labmod.Lab] = []
+
+    def make(start: bool = True, **kwargs) -> labmod.Lab:
+        lab = labmod.Lab.create(str(tmp_path / f"lab{len(labs)}"), **kwargs)
+        labs.append(lab)
+        if start:
+            lab.start_daemons()
+        return lab
+
+    yield make
+    failures = []
+    for lab in labs:
+        try:
+            lab.stop_daemons()
+            logs = [lab.log_path(n) for n in ("alpha", "beta") if os.path.exists(lab.log_path(n))]
+            if logs and replay.main([*logs, "--verify"]) != 0:
+                failures.append(f"replay --verify failed on {logs}")
+        finally:
+            lab.destroy()
+    assert not failures, failures
+
+
+def carried(lab: labmod.Lab, node: str) -> list[set[str]]:
+    """The identity addresses found on each of the node's NICs."""
+    ns = lab.netns(node)
+    return [set(ns.addresses(nic)) & IDENTITY[node] for nic in NICS[node]]
+
+
+def assert_identity_on(lab: labmod.Lab, node: str, path: int) -> None:
+    found = carried(lab, node)
+    assert found[path] == IDENTITY[node], found
+    assert not found[1 - path], found
+    macs = [lab.netns(node).mac(nic) for nic in NICS[node]]
+    assert len(set(macs)) == 2, macs
+    own_primary_mac = {"alpha": "02:00:00:00:0a:01", "beta": "02:00:00:00:0b:01"}[node]
+    assert macs[path] == own_primary_mac, macs  # the identity MAC moved with the addresses
+
+
+def wait_reachable(lab: labmod.Lab, node: str, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if lab.netns(node).ping(PEER_ADDRESS[node], count=1, timeout_s=0.3):
+            return
+    pytest.fail(f"{node} cannot reach {PEER_ADDRESS[node]}")
+
+
+def transitions(lab: labmod.Lab, node: str) -> list[dict]:
+    return [e.record["tr"] for e in reader.read_file(lab.log_path(node), lambda d: None)
+            if e.record["k"] == "transition" and e.record["tr"]["src"] != e.record["tr"]["dst"]]
+
+
+@pytest.mark.parametrize("kind", ["carrier", "blackhole", "oneway"])
+def test_fault_on_primary_fails_over_on_both_nodes_and_back(make_lab, kind):
+    lab = make_lab()
+    for node in ("alpha", "beta"):
+        assert_identity_on(lab, node, 0)
+    lab.fault(kind, "primary")
+    for node in ("alpha", "beta"):
+        lab.wait_state(node, "Alternate-Active", 10)
+    for node in ("alpha", "beta"):
+        assert_identity_on(lab, node, 1)
+        wait_reachable(lab, node)
+    # The peer reaches the carried routes' gateway over the alternate: routes moved too.
+    routes = lab.netns("alpha").ip("-j", "route", "show", "203.0.113.0/24").stdout
+    assert json.loads(routes)[0]["dev"] == "nic3"
+    lab.heal("primary")
+    for node in ("alpha", "beta"):
+        lab.wait_state(node, "Monitoring", 15)
+        assert_identity_on(lab, node, 0)
+        wait_reachable(lab, node)
+
+
+def test_random_loss_below_the_threshold_does_not_fail_over(make_lab):
+    lab = make_lab(multiplier=6)
+    before = {node: len(transitions(lab, node)) for node in ("alpha", "beta")}
+    lab.fault("loss", "primary", percent=5)
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        for node in ("alpha", "beta"):
+            assert lab.status(node)["state"] in ("Monitoring", "Suspect")
+        time.sleep(0.1)
+    for node in ("alpha", "beta"):
+        assert not any(t["dst"] == "Failing-Over" for t in transitions(lab, node)[before[node]:])
+        sent = lab.status(node)["paths"][0]
+        assert sent["sent"] > 200  # probing went on all along
+
+
+def test_flapping_primary_does_not_cause_a_transition_storm(make_lab):
+    lab = make_lab()
+    lab.fault("flap", "primary", hz=5, seconds=4)  # 20 carrier losses
+    time.sleep(0.5)
+    for node in ("alpha", "beta"):
+        moves = [t for t in transitions(lab, node) if t["dst"] in ("Failing-Over", "Failing-Back")]
+        # Damping (penalty 1000, suppress 3000) allows about three failures before the primary
+        # is suppressed: far fewer moves than the 20 flaps.
+        assert len(moves) <= 8, moves
+        st = lab.status(node)
+        assert st["state"] in ("Alternate-Active", "Monitoring", "Failing-Over", "Failing-Back")
+
+
+def test_both_paths_down_then_either_returns(make_lab):
+    lab = make_lab()
+    lab.fault("blackhole", "primary")
+    lab.fault("carrier", "alternate")
+    for node in ("alpha", "beta"):
+        lab.wait_state(node, "All-Paths-Down", 10)
+        assert sum(1 for found in carried(lab, node) if found) <= 1
+    lab.heal("alternate")
+    for node in ("alpha", "beta"):
+        lab.wait_state(node, "Alternate-Active", 10)
+        assert_identity_on(lab, node, 1)
+        wait_reachable(lab, node)
+
+
+@pytest.mark.parametrize("step", ["nic.disable", "nic.plumb", "nic.configure", "nic.enable", "nic.announce",
+                                  "nic.routes"])
+def test_kill_during_failover_then_restart_ends_consistent(make_lab, step):
+    lab = make_lab(start=False)
+    lab.start_daemon("beta")
+    lab.start_daemon("alpha", env={"HANET_CRASH_AFTER": step})
+    for node in ("alpha", "beta"):
+        lab.wait_state(node, "Monitoring", 10)
+    lab.fault("carrier", "primary")
+    deadline = time.monotonic() + 10
+    while lab.daemon_alive("alpha") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not lab.daemon_alive("alpha"), "the crash hook did not fire"
+    lab.pids.pop("alpha", None)
+    lab.start_daemon("alpha")
+    lab.wait_state("alpha", "Alternate-Active", 10)
+    assert_identity_on(lab, "alpha", 1)
+    wait_reachable(lab, "alpha")
+
+
+def test_sigterm_leaves_the_kernel_and_restart_resumes_without_moving(make_lab):
+    lab = make_lab()
+    lab.fault("blackhole", "primary")
+    lab.wait_state("alpha", "Alternate-Active", 10)
+    before = carried(lab, "alpha"), [lab.netns("alpha").mac(n) for n in NICS["alpha"]]
+    assert lab.stop_daemon("alpha") == 0
+    assert (carried(lab, "alpha"), [lab.netns("alpha").mac(n) for n in NICS["alpha"]]) == before
+    records_before = sum(1 for _ in reader.read_file(lab.log_path("alpha"), lambda d: None))
+    lab.start_daemon("alpha")
+    st = lab.wait_state("alpha", "Alternate-Active", 10)
+    assert st["active"] == 1
+    time.sleep(0.3)
+    after = [e.record for e in reader.read_file(lab.log_path("alpha"), lambda d: None)][records_before:]
+    kernel = [a for r in after if r["k"] == "transition" for a in r["tr"]["actions"]
+              if a["type"].startswith("nic.")]
+    assert kernel == [], kernel
+    assert carried(lab, "alpha") == before[0]
+
+
+def test_operator_commands_over_the_control_socket(make_lab):
+    from hanet import control
+
+    lab = make_lab()
+    sock = lab.socket_path("alpha")
+    st = control.request(sock, "status")
+    assert st["state"] == "Monitoring" and [p["health"] for p in st["paths"]] == ["up", "up"]
+    assert st["paths"][0]["rtt_p50_us"] > 0
+    reply = control.request(sock, "failover")
+    assert reply["ok"], reply
+    lab.wait_state("alpha", "Alternate-Active", 5)
+    assert_identity_on(lab, "alpha", 1)
+    reply = control.request(sock, "offline", interface="nic1")
+    assert reply["ok"], reply
+    refused = control.request(sock, "offline", interface="nic3")
+    assert not refused["ok"] and "last usable" in refused["error"]
+    assert control.request(sock, "failback")["ok"] is False  # nic1 is offline
+    assert control.request(sock, "online", interface="nic1")["ok"]
+    assert control.request(sock, "failback")["ok"]
+    lab.wait_state("alpha", "Monitoring", 5)
+    assert_identity_on(lab, "alpha", 0)
+    bad = control.request(sock, "offline", interface="eth9")
+    assert not bad["ok"] and "eth9" in bad["error"]
+    whos = [e.record["e"].get("who", "") for e in reader.read_file(lab.log_path("alpha"), lambda d: None)
+            if e.record["k"] == "event" and e.record["e"]["type"].startswith("operator.")]
+    assert len(whos) == 6 and all(f"pid={os.getpid()}" in w and "uid=0" in w for w in whos), whos
+
+
+def test_cli_status_and_failover(make_lab):
+    lab = make_lab()
+    sock = lab.socket_path("beta")
+    out = subprocess.run([sys.executable, "-m", "hanet", "status", "-s", sock], capture_output=True, text=True)
+    assert out.returncode == 0 and "Monitoring" in out.stdout and "nic2" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "hanet", "failover", "-s", sock, "--to", "alternate"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    lab.wait_state("beta", "Alternate-Active", 5)
+    out = subprocess.run([sys.executable, "-m", "hanet", "status", "-s", sock, "--json"], capture_output=True, text=True)
+    assert json.loads(out.stdout)["active_name"] == "alternate"
+
+
+def test_notify_protocol_against_a_real_socket(make_lab, tmp_path):
+    import socket
+
+    lab = make_lab(start=False)
+    path = str(tmp_path / "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(path)
+    listener.settimeout(0.2)
+    try:
+        lab.start_daemon("beta")
+        lab.start_daemon("alpha", env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"})
+        messages: list[tuple[float, str]] = []
+
+        def collect(until: float) -> None:
+            while time.monotonic() < until:
+                try:
+                    messages.append((time.monotonic(), listener.recv(4096).decode()))
+                except socket.timeout:
+                    pass
+
+        collect(time.monotonic() + 2.0)
+        texts = [t for _, t in messages]
+        ready = [t for t in texts if "READY=1" in t]
+        assert ready and "STATUS=Monitoring" in ready[0], texts
+        assert lab.status("alpha")["state"] == "Monitoring"  # READY only once monitoring is live
+        pings = [ts for ts, t in messages if t.strip() == "WATCHDOG=1"]
+        assert 10 <= len(pings) <= 25, len(pings)  # every 100 ms (half of WATCHDOG_USEC)
+        lab.fault("blackhole", "primary")
+        lab.wait_state("alpha", "Alternate-Active", 10)
+        collect(time.monotonic() + 0.5)
+        assert any("STATUS=Alternate-Active" in t for _, t in messages), messages[-5:]
+        # A stopped loop sends no pings: freeze the daemon, and nothing arrives.
+        pid = lab.pids["alpha"]  # `ip netns exec` execs the daemon: same pid
+        os.kill(pid, signal.SIGSTOP)
+        messages.clear()
+        collect(time.monotonic() + 0.6)
+        os.kill(pid, signal.SIGCONT)
+        assert not [t for _, t in messages if "WATCHDOG=1" in t]
+        lab.stop_daemon("alpha")
+        collect(time.monotonic() + 0.3)
+        assert any("STOPPING=1" in t for _, t in messages), messages
+    finally:
+        listener.close()
+
+
+def test_bad_config_exits_2_and_touches_nothing(make_lab):
+    lab = make_lab(start=False)
+    cfg = lab.config_path("alpha")
+    with open(cfg) as fh:
+        text = fh.read()
+    with open(cfg, "w") as fh:
+        fh.write(text.replace('interface = "nic3"', 'interface = "nic9"'))
+    before = lab.netns("alpha").ip("-j", "addr").stdout
+    proc = subprocess.run(["ip", "netns", "exec", lab.ns["alpha"], sys.executable, "-m", "hanet", "run", "-c", cfg],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert "path[1].interface" in proc.stderr and "nic9" in proc.stderr
+    assert lab.netns("alpha").ip("-j", "addr").stdout == before
+    assert not os.path.exists(lab.log_path("alpha"))
+
+
+def test_dry_run_prints_actions_and_touches_nothing(make_lab):
+    lab = make_lab(start=False)
+    lab.start_daemon("beta")
+
+    def layout():
+        return carried(lab, "alpha"), [lab.netns("alpha").mac(n) for n in NICS["alpha"]]
+
+    before = layout()
+    proc = subprocess.Popen(["ip", "netns", "exec", lab.ns["alpha"], sys.executable, "-m", "hanet", "run",
+                             "--dry-run", "-c", lab.config_path("alpha")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)
+        lab.fault("carrier", "primary")
+        time.sleep(1.0)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+    assert "would nic.disable" in out and "would nic.enable" in out, (out, err)
+    assert "192.0.2.1/24" in out
+    assert layout() == before
+    assert not os.path.exists(lab.log_path("alpha"))
