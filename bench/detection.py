@@ -186,24 +186,28 @@ def run_peer(name: str, interval_ms: float, multiplier: int, kinds: list[str], t
 
 
 # --------------------------------------------------------------------------- the report
-def compare(runs: list[dict], ours: str = "hanet", theirs: str = "bfdd") -> list[dict]:
-    """hanet/bfdd ratios of detection p50 and p99, per setting and fault, where both ran."""
+def compare(runs: list[dict], kinds: list[str], ours: str = "hanet", theirs: str = "bfdd") -> list[dict]:
+    """hanet/bfdd ratios of detection p50 and p99 per setting and fault; a row wherever either ran,
+    with a note saying why a side has no figure."""
     index = {(r["peer"], r["interval_ms"], r["multiplier"]): r for r in runs}
+    settings = dict.fromkeys((r["interval_ms"], r["multiplier"]) for r in runs)
     rows = []
-    for (peer, interval, mult), mine in index.items():
-        other = index.get((theirs, interval, mult))
-        if peer != ours or other is None:
+    for interval, mult in settings:
+        sides = {peer: index.get((peer, interval, mult)) for peer in (ours, theirs)}
+        if any(run is None for run in sides.values()):
             continue
-        for kind, series in (mine.get("faults") or {}).items():
-            a = series["detection_ms"]
-            b = ((other.get("faults") or {}).get(kind) or {}).get("detection_ms")
+        for kind in kinds:
             row = {"interval_ms": interval, "multiplier": mult, "fault": kind}
+            detection = {}
+            for peer, run in sides.items():
+                detection[peer] = ((run.get("faults") or {}).get(kind) or {}).get("detection_ms")
+                if detection[peer] is None:
+                    row[f"{peer}_note"] = f"{run.get('status')}: {run.get('reason', 'no detection')}"
             for q in ("p50", "p99"):
+                a, b = detection[ours], detection[theirs]
                 row[f"{ours}_{q}"] = a and a[q]
                 row[f"{theirs}_{q}"] = b and b[q]
                 row[f"ratio_{q}"] = round(a[q] / b[q], 4) if a and b and b[q] else None
-            if b is None:
-                row["note"] = other.get("status", "")
             rows.append(row)
     return rows
 
@@ -244,7 +248,8 @@ def print_summary(result: dict) -> None:
                   f"{r.get('p50', '-'):>9}  {r.get('p99', '-'):>9}  {i.get('p50', '-'):>10}  "
                   f"{cpu.get('a', '-')},{cpu.get('b', '-')}")
     for row in result["comparison"]:
-        print(f"ratio {row['interval_ms']:g}x{row['multiplier']} {row['fault']}: p50 {row['ratio_p50']} p99 {row['ratio_p99']}")
+        print(f"hanet/bfdd {row['interval_ms']:g}x{row['multiplier']} {row['fault']}: "
+              f"p50 {row['ratio_p50'] or '-'}  p99 {row['ratio_p99'] or '-'}")
 
 
 def _interrupt(signum, frame) -> None:
@@ -282,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         result["interrupted"] = True
         print("interrupted: writing what was measured", file=sys.stderr)
-    result["comparison"] = compare(result["runs"])
+    result["comparison"] = compare(result["runs"], args.faults)
     result["environment"]["wall_minus_mono_drift_us"] = round((_wall_minus_mono_ns() - offset_at_start) / 1e3, 1)
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     print_summary(result)

@@ -919,6 +919,7 @@ cdef class Engine:
         cdef int i, fd, idx, err
         if self.opened:
             return
+        self.c.stop = False
         try:
             self.c.wake_fd = self._check(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC), "eventfd")
             self.c.event_fd = self._check(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC), "eventfd")
