@@ -2,20 +2,20 @@
 # distutils: libraries = crypto
 """Heartbeat hot path: AF_PACKET sockets, frame codec, HMAC check and the probe loop without the GIL.
 
-One thread serves every path: it sends requests on absolute CLOCK_MONOTONIC deadlines (each
-ppoll() waits until the next deadline, recomputed from the absolute time, so periods never
-drift; with 1 us timer slack this wakes as early as a timerfd and costs no extra syscalls),
-answers the peer's requests,
-matches replies, reads each path's carrier bit with the ETHTOOL_GLINK ioctl, and queues only
-threshold events for Python, signalled through an eventfd. All shared state sits in one ``Core``
-behind one mutex; the loop holds it except while it waits in poll(), so Python's calls (stats,
-drain, pause, notice, rebind) see a consistent snapshot and never wait more than one loop pass.
+One thread serves every path. It sends requests on absolute CLOCK_MONOTONIC deadlines: each
+ppoll() waits until the next deadline, recomputed from the absolute time, so periods never drift
+(with 1 us timer slack this wakes as early as a timerfd would, without its extra syscalls). It
+answers the peer's requests, matches replies, reads each path's carrier bit with the
+ETHTOOL_GLINK ioctl, and queues only threshold events for Python, signalled through an eventfd.
+All shared state sits in one ``Core`` behind one mutex; the loop holds it except while it waits
+in ppoll(), so Python's calls (stats, drain, pause, notice, rebind) see a consistent snapshot and
+never wait longer than one loop pass.
 
 The frame layout is documented in hanet/frame.py (the pure-Python reference codec); the codec
 here must agree with it byte for byte.
 """
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
-from libc.string cimport memcpy, memset, memcmp, strlen, strncpy
+from libc.stdint cimport uint8_t, uint16_t, uint64_t, int64_t
+from libc.string cimport memcpy, memset, memcmp, strncpy
 from libc.stdlib cimport calloc, free, malloc
 
 from hanet.frame import Frame
@@ -196,7 +196,7 @@ cdef extern from * nogil:
     int64_t hn_clock_ns(clockid_t clock)
 
     int errno
-    int EAGAIN, EINTR, ENODEV
+    int ENODEV
     clockid_t CLOCK_MONOTONIC, CLOCK_REALTIME
     short POLLIN
     int AF_INET, AF_PACKET, SOCK_DGRAM, SOCK_NONBLOCK, SOCK_CLOEXEC
@@ -381,18 +381,15 @@ cdef enum:
 
 STATES = ("unknown", "up", "suspect", "lost")
 
-cdef enum:
+cpdef enum EventKind:  # also visible from Python, for hanet.probe to map to hanet.model
     EV_SUSPECT = 1
-    EV_LOST
-    EV_CLEARED
-    EV_RECOVERED
-    EV_LINK_DOWN
-    EV_LINK_UP
-    EV_NOTICE
-    EV_QUALITY
-
-EV_SUSPECT_, EV_LOST_, EV_CLEARED_, EV_RECOVERED_ = EV_SUSPECT, EV_LOST, EV_CLEARED, EV_RECOVERED
-EV_LINK_DOWN_, EV_LINK_UP_, EV_NOTICE_, EV_QUALITY_ = EV_LINK_DOWN, EV_LINK_UP, EV_NOTICE, EV_QUALITY
+    EV_LOST = 2
+    EV_CLEARED = 3
+    EV_RECOVERED = 4
+    EV_LINK_DOWN = 5
+    EV_LINK_UP = 6
+    EV_NOTICE = 7
+    EV_QUALITY = 8
 
 cdef struct Event:
     int kind

@@ -119,6 +119,13 @@ def cmd_lab(args) -> int:
     return lab.main(args.rest)
 
 
+def _setup_logging(verbose: bool) -> None:
+    # One line per event on stderr; journald adds the time and the unit.
+    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if verbose else logging.INFO,
+                        format="hanet: %(levelname)s %(message)s")
+    logging.getLogger("transitions").setLevel(logging.WARNING)  # its per-callback INFO lines are noise
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hanet", description="Keeps two servers talking when a path between them breaks.")
     parser.add_argument("--version", action="version", version=f"hanet {__version__}")
@@ -167,11 +174,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Subcommands with parsers of their own; their arguments are passed through untouched.
+DELEGATED = {"replay": "hanet.replay", "lab": "hanet.lab"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in DELEGATED:
+        import importlib
+
+        _setup_logging(verbose=False)
+        return importlib.import_module(DELEGATED[argv[0]]).main(argv[1:])
     args = build_parser().parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="hanet: %(levelname)s %(message)s")
-    logging.getLogger("transitions").setLevel(logging.WARNING)  # its per-callback INFO lines are noise
+    _setup_logging(args.verbose)
     try:
         return args.func(args)
     except config_mod.ConfigError as exc:

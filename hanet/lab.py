@@ -45,48 +45,45 @@ BETA = NodePlan("beta", "alpha", ("nic2", "nic4"), "192.0.2.2/24", "2001:db8::2/
                 "198.51.100.0/24", "192.0.2.1")
 
 
-def node_config(plan: NodePlan, workdir: str, interval_ms: float, multiplier: int, extra: str = "") -> str:
-    return f"""\
-[node]
-id = "{plan.node}"
-peer = "{plan.peer}"
+def node_config(plan: NodePlan, workdir: str, interval_ms: float, multiplier: int,
+                overrides: dict[str, dict[str, Any]] | None = None) -> str:
+    """A node's configuration file; ``overrides`` replaces keys table by table."""
+    tables: dict[str, dict[str, Any]] = {
+        "node": {"id": plan.node, "peer": plan.peer},
+        "heartbeat": {"interval_ms": float(interval_ms), "multiplier": multiplier, "recover_count": 3,
+                      "key_file": "heartbeat.key"},
+        "link": {"poll_interval_ms": 1.0},
+        "failover": {"announce_count": 3},
+        "failback": {"policy": "auto", "hold_down_ms": 1500.0},
+        "identity": {"address": plan.address, "ipv6": [plan.ipv6], "vips": [plan.vip],
+                     "routes": [{"to": plan.route_to, "via": plan.route_via}]},
+        "eventlog": {"path": f"{workdir}/{plan.node}.hlog"},
+        "control": {"socket": f"{workdir}/{plan.node}.sock"},
+    }
+    for table, values in (overrides or {}).items():
+        tables.setdefault(table, {}).update(values)
+    paths = [{"name": "primary", "interface": plan.nics[0]}, {"name": "alternate", "interface": plan.nics[1]}]
+    lines = []
+    for name, values in tables.items():
+        lines += [f"[{name}]", *(f"{k} = {_toml(v)}" for k, v in values.items()), ""]
+        if name == "node":
+            for p in paths:
+                lines += ["[[path]]", *(f"{k} = {_toml(v)}" for k, v in p.items()), ""]
+    return "\n".join(lines)
 
-[[path]]
-name = "primary"
-interface = "{plan.nics[0]}"
 
-[[path]]
-name = "alternate"
-interface = "{plan.nics[1]}"
-
-[heartbeat]
-interval_ms = {interval_ms}
-multiplier = {multiplier}
-recover_count = 3
-key_file = "heartbeat.key"
-
-[link]
-poll_interval_ms = 1.0
-
-[failover]
-announce_count = 3
-
-[failback]
-policy = "auto"
-hold_down_ms = 1500.0
-
-[identity]
-address = "{plan.address}"
-ipv6 = ["{plan.ipv6}"]
-vips = ["{plan.vip}"]
-routes = [{{ to = "{plan.route_to}", via = "{plan.route_via}" }}]
-
-[eventlog]
-path = "{workdir}/{plan.node}.hlog"
-
-[control]
-socket = "{workdir}/{plan.node}.sock"
-{extra}"""
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {value!r} as TOML")
 
 
 @dataclass
@@ -97,18 +94,21 @@ class Lab:
     pids: dict[str, int] = field(default_factory=dict)
     interval_ms: float = 10.0
     multiplier: int = 3
+    switch: str | None = None                # the bridge namespace of a switched lab
 
     # ------------------------------------------------------------------ build and tear down
     @classmethod
     def create(cls, workdir: str | None = None, persistent: bool = False, interval_ms: float = 10.0,
-               multiplier: int = 3, extra_config: str = "") -> "Lab":
+               multiplier: int = 3, overrides: dict[str, dict[str, Any]] | None = None,
+               switched: bool = False) -> "Lab":
+        """``overrides`` changes both nodes' configuration, table by table."""
         workdir = workdir or tempfile.mkdtemp(prefix="hanet-lab-")
         os.makedirs(workdir, exist_ok=True)
-        topo = labnet.TwoNodeLab.create("lab", persistent=persistent)
+        topo = labnet.TwoNodeLab.create("lab", persistent=persistent, switched=switched)
         lab = cls(workdir, {"alpha": topo.a.name, "beta": topo.b.name}, interval_ms=interval_ms,
-                  multiplier=multiplier)
+                  multiplier=multiplier, switch=topo.switch.name if topo.switch else None)
         try:
-            lab._write_configs(extra_config)
+            lab._write_configs(overrides)
             for plan in (ALPHA, BETA):
                 lab._plumb_identity(plan)
             lab.save()
@@ -125,16 +125,16 @@ class Lab:
 
     def save(self) -> None:
         with open(os.path.join(self.workdir, STATE_FILE), "w") as fh:
-            json.dump({"workdir": self.workdir, "ns": self.ns, "pids": self.pids,
+            json.dump({"workdir": self.workdir, "ns": self.ns, "pids": self.pids, "switch": self.switch,
                        "interval_ms": self.interval_ms, "multiplier": self.multiplier}, fh)
 
-    def _write_configs(self, extra: str) -> None:
+    def _write_configs(self, overrides: dict[str, dict[str, Any]] | None) -> None:
         key = os.path.join(self.workdir, "heartbeat.key")
         with open(os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
             fh.write(secrets.token_hex(32) + "\n")
         for plan in (ALPHA, BETA):
             with open(self.config_path(plan.node), "w") as fh:
-                fh.write(node_config(plan, self.workdir, self.interval_ms, self.multiplier, extra))
+                fh.write(node_config(plan, self.workdir, self.interval_ms, self.multiplier, overrides))
 
     def _plumb_identity(self, plan: NodePlan) -> None:
         """As an administrator would: the identity starts on the primary NIC."""
@@ -147,7 +147,7 @@ class Lab:
 
     def destroy(self) -> None:
         self.stop_daemons()
-        for name in self.ns.values():
+        for name in [*self.ns.values(), *([self.switch] if self.switch else [])]:
             labnet.Netns(name).delete()
 
     def netns(self, node: str) -> labnet.Netns:
@@ -262,16 +262,31 @@ class Lab:
         index = int(path) if index is None else index
         return ALPHA.nics[index], BETA.nics[index]
 
-    def fault(self, kind: str, path: str | int, percent: int = 30, hz: float = 5.0, seconds: float = 5.0) -> None:
+    def ends(self, path: str | int) -> tuple[labnet.Netns, str, labnet.Netns, str]:
+        """Where faults act: (namespace, interface) facing alpha, then facing beta. Crossover: the
+        NICs themselves; switched: the switch ports, so the nodes' own links stay as they are."""
         nic_a, nic_b = self.cable(path)
-        a, b = self.netns("alpha"), self.netns("beta")
+        if self.switch is None:
+            return self.netns("alpha"), nic_a, self.netns("beta"), nic_b
+        index = ALPHA.nics.index(nic_a)
+        sw = labnet.Netns(self.switch)
+        return sw, f"a{index}", sw, f"b{index}"
+
+    def fault(self, kind: str, path: str | int, percent: int = 30, hz: float = 5.0, seconds: float = 5.0) -> None:
+        """Crossover: carrier and flap set beta's NIC down, so both nodes lose carrier. Switched:
+        they set the switch port facing alpha down, so only alpha sees it in its carrier; beta
+        learns it from heartbeats (or alpha's notice)."""
+        a, nic_a, b, nic_b = self.ends(path)
+        if self.switch is not None and kind in ("carrier", "flap"):
+            b, nic_b = a, nic_a
         if kind == "carrier":
-            labnet.carrier_down(b, nic_b)  # alpha's NIC loses carrier; beta's own NIC is down
+            labnet.carrier_down(b, nic_b)
         elif kind == "blackhole":
             labnet.drop_ingress(a, nic_a)
             labnet.drop_ingress(b, nic_b)
         elif kind == "oneway":
-            labnet.drop_ingress(b, nic_b)  # alpha -> beta lost, beta -> alpha still flows
+            # alpha -> beta lost, beta -> alpha still flows: drop where alpha's frames come in.
+            labnet.drop_ingress(*((a, nic_a) if self.switch else (b, nic_b)))
         elif kind == "loss":
             labnet.drop_ingress(a, nic_a, percent)
             labnet.drop_ingress(b, nic_b, percent)
@@ -286,10 +301,10 @@ class Lab:
             raise LabError(f"unknown fault {kind!r}; one of {', '.join(FAULT_KINDS)}")
 
     def heal(self, path: str | int) -> None:
-        nic_a, nic_b = self.cable(path)
-        for node, nic in (("alpha", nic_a), ("beta", nic_b)):
-            labnet.clear_ingress(self.netns(node), nic)
-            labnet.carrier_up(self.netns(node), nic)
+        a, nic_a, b, nic_b = self.ends(path)
+        for ns, nic in ((a, nic_a), (b, nic_b)):
+            labnet.clear_ingress(ns, nic)
+            labnet.carrier_up(ns, nic)
 
 
 class LabError(RuntimeError):

@@ -154,32 +154,55 @@ def carrier_up(ns: Netns, ifname: str) -> None:
 
 @dataclass
 class TwoNodeLab:
-    """Two nodes, two crossover cables: a.nic1 <-> b.nic2 (primary), a.nic3 <-> b.nic4 (alternate)."""
+    """Two nodes, two cables: a.nic1 <-> b.nic2 (primary), a.nic3 <-> b.nic4 (alternate).
+
+    Crossover by default. With ``switched``, each cable runs through a Linux bridge in a third
+    namespace (ports ``a<i>`` facing node a and ``b<i>`` facing node b), so a fault can be seen by
+    one node's carrier and not the other's, as with a switch in the path.
+    """
     a: Netns
     b: Netns
     cables: list[tuple[str, str]] = field(default_factory=lambda: [("nic1", "nic2"), ("nic3", "nic4")])
+    switch: Netns | None = None
 
     @classmethod
-    def create(cls, tag: str = "lab", cables: int = 2, persistent: bool = False) -> "TwoNodeLab":
-        a = Netns.create(f"{tag}a", persistent)
+    def create(cls, tag: str = "lab", cables: int = 2, persistent: bool = False,
+               switched: bool = False) -> "TwoNodeLab":
+        made: list[Netns] = []
         try:
-            b = Netns.create(f"{tag}b", persistent)
+            for side in ("a", "b", "s")[:3 if switched else 2]:
+                made.append(Netns.create(f"{tag}{side}", persistent))
         except Exception:
-            a.delete()
+            for ns in made:
+                ns.delete()
             raise
-        lab = cls(a, b, [(f"nic{2 * i + 1}", f"nic{2 * i + 2}") for i in range(cables)])
+        lab = cls(made[0], made[1], [(f"nic{2 * i + 1}", f"nic{2 * i + 2}") for i in range(cables)],
+                  made[2] if switched else None)
         try:
             for i, (if_a, if_b) in enumerate(lab.cables):
                 # Locally administered MACs that say which node and cable they belong to.
-                veth(a, if_a, b, if_b, mac_a=f"02:00:00:00:0a:{i + 1:02x}", mac_b=f"02:00:00:00:0b:{i + 1:02x}")
+                mac_a, mac_b = f"02:00:00:00:0a:{i + 1:02x}", f"02:00:00:00:0b:{i + 1:02x}"
+                if lab.switch is None:
+                    veth(lab.a, if_a, lab.b, if_b, mac_a=mac_a, mac_b=mac_b)
+                    continue
+                sw = lab.switch
+                sw.ip("link", "add", f"br{i}", "type", "bridge", "forward_delay", "0")
+                veth(lab.a, if_a, sw, f"a{i}", mac_a=mac_a)
+                veth(lab.b, if_b, sw, f"b{i}", mac_b=mac_b)
+                for port in (f"a{i}", f"b{i}"):
+                    sw.ip("link", "set", port, "master", f"br{i}")
+                sw.ip("link", "set", f"br{i}", "up")
         except Exception:
             lab.close()
             raise
         return lab
 
+    def namespaces(self) -> list[Netns]:
+        return [self.a, self.b] + ([self.switch] if self.switch else [])
+
     def close(self) -> None:
-        self.a.delete()
-        self.b.delete()
+        for ns in self.namespaces():
+            ns.delete()
 
     def __enter__(self) -> "TwoNodeLab":
         return self

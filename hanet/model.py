@@ -10,6 +10,7 @@ Times are CLOCK_MONOTONIC nanoseconds (``t_ns``), shared by every network namesp
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -38,11 +39,16 @@ def _to_wire(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
 def to_dict(item: "Event | Action") -> dict[str, Any]:
     """The record form: {"type": ..., field: value, ...}."""
     out: dict[str, Any] = {"type": item.type}
-    for f in dataclasses.fields(item):
-        out[f.name] = _to_wire(getattr(item, f.name))
+    for name in _field_names(type(item)):
+        out[name] = _to_wire(getattr(item, name))
     return out
 
 

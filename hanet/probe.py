@@ -20,24 +20,27 @@ def percentile(samples: list[int], q: float) -> int:
     return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))]
 
 
+Kind = _fastprobe.EventKind
+
+
 def _to_event(kind: int, path: int, t_ns: int, a: int, b: int, c: int, d: int) -> model.Event:
-    if kind == _fastprobe.EV_SUSPECT_:
+    if kind == Kind.EV_SUSPECT:
         return model.HeartbeatSuspect(t_ns=t_ns, path=path, misses=a, send_lag_max_ns=c,
                                       recv_delay_max_ns=d)
-    if kind == _fastprobe.EV_LOST_:
+    if kind == Kind.EV_LOST:
         return model.HeartbeatLost(t_ns=t_ns, path=path, misses=a, first_miss_ns=b,
                                    send_lag_max_ns=c, recv_delay_max_ns=d)
-    if kind == _fastprobe.EV_CLEARED_:
+    if kind == Kind.EV_CLEARED:
         return model.HeartbeatCleared(t_ns=t_ns, path=path, rtt_ns=a)
-    if kind == _fastprobe.EV_RECOVERED_:
+    if kind == Kind.EV_RECOVERED:
         return model.HeartbeatRecovered(t_ns=t_ns, path=path, replies=a, rtt_ns=b)
-    if kind == _fastprobe.EV_LINK_DOWN_:
+    if kind == Kind.EV_LINK_DOWN:
         return model.LinkDown(t_ns=t_ns, path=path, source="poll")
-    if kind == _fastprobe.EV_LINK_UP_:
+    if kind == Kind.EV_LINK_UP:
         return model.LinkUp(t_ns=t_ns, path=path, source="poll")
-    if kind == _fastprobe.EV_NOTICE_:
+    if kind == Kind.EV_NOTICE:
         return model.PeerNotice(t_ns=t_ns, path=path, active=a, peer_seq=b)
-    if kind == _fastprobe.EV_QUALITY_:
+    if kind == Kind.EV_QUALITY:
         return model.PathQuality(t_ns=t_ns, path=path, loss_ppm=a, rtt_p50_ns=b, rtt_p99_ns=c)
     raise ValueError(f"unknown probe event kind {kind}")
 

@@ -122,7 +122,9 @@ class _Node:
             reply = control.request(self.socket, "status", timeout=1.0)
         except control.ControlError:
             return None
-        return reply.get("status") if reply.get("ok") else None
+        if not reply.get("ok"):
+            return None
+        return reply.get("status", reply)  # the daemon merges STATUS's keys into the response
 
     def read_log(self) -> None:
         """Collect failure transitions logged since the last read (the log's live file only)."""

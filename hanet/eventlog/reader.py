@@ -64,7 +64,7 @@ def decode(path: str, buf: bytes, on_damage: OnDamage,
     unpackb = msgpack.unpackb
     required = REQUIRED_KEYS.issubset
     version = schema.VERSION
-    make = Entry._make
+    new_tuple = tuple.__new__  # Entry(...) without NamedTuple's Python-level __new__
     view = memoryview(buf)
     end = len(buf)
     pos = 0
@@ -82,10 +82,10 @@ def decode(path: str, buf: bytes, on_damage: OnDamage,
                         rec = schema.upcast(rec, upcasters)
                     if not required(rec):
                         raise schema.SchemaError(f"missing {', '.join(sorted(REQUIRED_KEYS - rec.keys()))}")
-                except (ValueError, TypeError, msgpack.UnpackException) as exc:
+                except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
                     on_damage(Damage(path, pos, stop - pos, f"bad record: {exc}"))
                 else:
-                    yield make((path, pos, rec))
+                    yield new_tuple(Entry, (path, pos, rec))
                 pos = stop
                 continue
         reason = framing.check(buf, pos)

@@ -305,3 +305,48 @@ def test_dry_run_prints_actions_and_touches_nothing(make_lab):
     assert "192.0.2.1/24" in out
     assert layout() == before
     assert not os.path.exists(lab.log_path("alpha"))
+
+
+def entered(lab: labmod.Lab, node: str, state: str, after_ns: int) -> tuple[int, str]:
+    """(monotonic time, trigger) of the node's first transition into ``state`` after ``after_ns``."""
+    for e in reader.read_file(lab.log_path(node), lambda d: None):
+        rec = e.record
+        if rec["k"] == "transition" and rec["mono"] > after_ns and rec["tr"]["dst"] == state:
+            return rec["mono"], rec["tr"]["trigger"]
+    raise AssertionError(f"{node} never entered {state}")
+
+
+@pytest.mark.parametrize("coordinate", [True, False])
+def test_coordinated_convergence_when_only_one_node_sees_the_carrier(make_lab, coordinate):
+    # A switch in each path: the fault takes down alpha's port only, so beta's carrier stays up and,
+    # alone, beta would need 3 x 50 ms of missed heartbeats to notice.
+    lab = make_lab(switched=True, interval_ms=50.0, overrides={"failover": {"coordinate": coordinate}})
+    t0 = time.monotonic_ns()
+    lab.fault("carrier", "primary")
+    for node in ("alpha", "beta"):
+        lab.wait_state(node, "Alternate-Active", 10)
+    t_alpha, trigger_alpha = entered(lab, "alpha", "Failing-Over", t0)
+    t_beta, trigger_beta = entered(lab, "beta", "Failing-Over", t0)
+    skew_ms = abs(t_beta - t_alpha) / 1e6
+    assert trigger_alpha == "link.down"
+    if coordinate:
+        assert trigger_beta == "peer.notice"
+        assert skew_ms < 40, skew_ms  # a notice's flight, typically a few ms
+    else:
+        assert trigger_beta == "heartbeat.lost"
+        assert skew_ms > 60, skew_ms  # beta waited for its own heartbeats
+    for node in ("alpha", "beta"):
+        assert_identity_on(lab, node, 1)
+        wait_reachable(lab, node)
+
+
+def test_lossy_primary_is_left_for_a_clean_alternate(make_lab):
+    lab = make_lab(multiplier=20, overrides={"quality": {"enabled": True, "max_loss_percent": 10.0,
+                                                         "window_ms": 500.0}})
+    t0 = time.monotonic_ns()
+    lab.fault("loss", "primary", percent=30)  # ~50 % of round trips lost, never 20 in a row
+    for node in ("alpha", "beta"):
+        lab.wait_state(node, "Alternate-Active", 10)
+        _, trigger = entered(lab, node, "Failing-Over", t0)
+        assert trigger in ("path.quality", "peer.notice"), trigger
+        assert_identity_on(lab, node, 1)

@@ -23,7 +23,7 @@ TOLERANCE_NS = 100_000_000  # generous: scheduling on a busy 2-core VM, nft star
 
 
 def node_config(tmp_path, node: str, peer: str, nics: tuple[str, str], *, poll_ms: float = 1.0,
-                quality_ms: float = 0.0) -> config.Config:
+                quality_ms: float = 0.0, peer_macs: tuple[str, str] = ("", "")) -> config.Config:
     key_file = tmp_path / "heartbeat.key"
     if not key_file.exists():
         key_file.write_bytes(os.urandom(32).hex().encode())
@@ -35,9 +35,11 @@ peer = "{peer}"
 [[path]]
 name = "primary"
 interface = "{nics[0]}"
+peer_mac = "{peer_macs[0]}"
 [[path]]
 name = "alternate"
 interface = "{nics[1]}"
+peer_mac = "{peer_macs[1]}"
 [heartbeat]
 interval_ms = {INTERVAL_MS}
 multiplier = {MULTIPLIER}
@@ -307,6 +309,36 @@ def test_quality_window_reports_loss_and_rtt(lab, tmp_path):
     try:
         quality = a.wait(model.PathQuality, 1, after_ns=a.wait(model.HeartbeatRecovered, 1).t_ns)
         assert quality.loss_ppm < 1_000_000 and 0 < quality.rtt_p50_ns <= quality.rtt_p99_ns
+    finally:
+        a.prober.stop()
+        b.prober.stop()
+
+
+def test_restarted_peer_is_accepted_not_taken_for_a_replay(pair):
+    a, b = pair
+    t0 = time.monotonic_ns()
+    b.prober.stop()
+    a.wait(model.HeartbeatLost, 0, after_ns=t0)
+    restarted = Node(b.ns, b.cfg)
+    try:
+        t1 = time.monotonic_ns()
+        for path in (0, 1):
+            a.wait(model.HeartbeatRecovered, path, after_ns=t1)
+        assert not {"replay", "stale"} & a.stats(0)["drops"].keys()
+    finally:
+        restarted.prober.stop()
+
+
+def test_peer_mac_when_configured_must_match(lab, tmp_path):
+    # b's nic2 is 02:00:00:00:0b:01 (TwoNodeLab); the alternate's expected MAC is wrong on purpose.
+    a = Node(lab.a, node_config(tmp_path, "alpha", "beta", ("nic1", "nic3"),
+                                peer_macs=("02:00:00:00:0b:01", "02:00:00:00:0b:99")))
+    b = Node(lab.b, node_config(tmp_path, "beta", "alpha", ("nic2", "nic4")))
+    try:
+        a.wait(model.HeartbeatRecovered, 0)
+        a.wait(model.HeartbeatLost, 1)
+        assert a.stats(1)["drops"].get("src_mac", 0) > 0 and a.stats(1)["received"] == 0
+        assert "src_mac" not in a.stats(0)["drops"]
     finally:
         a.prober.stop()
         b.prober.stop()

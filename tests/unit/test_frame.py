@@ -98,3 +98,14 @@ def test_node_id_field():
     assert frame.node_id_field("beta") == b"beta" + b"\0" * 12
     with pytest.raises(ValueError):
         frame.node_id_field("x" * 17)
+
+
+def test_probe_has_no_fallback_when_the_extension_is_missing(monkeypatch):
+    import sys
+
+    import hanet
+    monkeypatch.setitem(sys.modules, "hanet._fastprobe", None)  # what a failed build looks like
+    monkeypatch.delattr(hanet, "_fastprobe")
+    monkeypatch.delitem(sys.modules, "hanet.probe", raising=False)
+    with pytest.raises(ImportError):
+        import hanet.probe  # noqa: F401
