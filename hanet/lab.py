@@ -385,11 +385,11 @@ def demo(args) -> int:
 
         logs = [lab.log_path("alpha"), lab.log_path("beta")]
         say("the replayed timeline of both logs (transitions)")
-        replay.main([*logs, "--transitions-only"] if replay_supports("--transitions-only") else logs)
+        replay.main([*logs, "--transitions", "--clock", "mono"])
         say("replay --verify")
         verified = replay.main([*logs, "--verify"])
         say("replay --stats")
-        replay.main([*logs, "--stats"])
+        replay.main([*logs, "--stats", "--clock", "mono"])
         say(f"demo finished in {time.monotonic() - started:.1f} s; verify {'passed' if verified == 0 else 'FAILED'}")
         return 0 if verified == 0 else 1
     finally:
@@ -398,11 +398,6 @@ def demo(args) -> int:
             shutil.rmtree(lab.workdir, ignore_errors=True)
         else:
             print(f"logs kept in {lab.workdir}")
-
-
-def replay_supports(flag: str) -> bool:
-    from . import replay
-    return flag in getattr(replay, "FLAGS", ())
 
 
 # --------------------------------------------------------------------------- CLI

@@ -71,7 +71,12 @@ def describe(rec: dict[str, Any]) -> str:
     return f"{kind} {json.dumps(body, sort_keys=True, separators=(',', ':'), default=_json_default)}"
 
 
-def timeline(entries: Iterable[Entry], out: TextIO, clock: str = "wall") -> int:
+def is_state_change(rec: dict[str, Any]) -> bool:
+    tr = rec.get("tr") or {}
+    return rec["k"] == "transition" and tr.get("src") != tr.get("dst")
+
+
+def timeline(entries: Iterable[Entry], out: TextIO, clock: str = "wall", changes_only: bool = False) -> int:
     """One line per record, time relative to the first record; returns the count."""
     t0 = None
     count = 0
@@ -80,6 +85,8 @@ def timeline(entries: Iterable[Entry], out: TextIO, clock: str = "wall") -> int:
         rec = entry.record
         if t0 is None:
             t0 = rec[clock]
+        if changes_only and not is_state_change(rec):
+            continue
         write(f"+{(rec[clock] - t0) / 1e6:.3f} ms {rec['node']:<8} {describe(rec)}\n")
         count += 1
     return count
@@ -346,6 +353,7 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--stats", action="store_true", help="detection latency, failover duration, time per path")
     mode.add_argument("--format", choices=("text", "jsonl"), default="text", help="timeline format")
     ap.add_argument("--json", action="store_true", help="--stats as JSON")
+    ap.add_argument("--transitions", action="store_true", help="timeline of state changes only")
     ap.add_argument("--clock", choices=("wall", "mono"), default="wall",
                     help="merge nodes by this clock (mono: namespaces of one host)")
     ap.add_argument("--allow-damage", action="store_true", help="damaged records do not change the exit status")
@@ -393,7 +401,7 @@ def main(argv: list[str]) -> int:
         elif args.format == "jsonl":
             jsonl(entries, sys.stdout)
         else:
-            timeline(entries, sys.stdout, args.clock)
+            timeline(entries, sys.stdout, args.clock, changes_only=args.transitions)
         sys.stdout.flush()
     except BrokenPipeError:  # the reader went away (| head): not an error of the log
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
