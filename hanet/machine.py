@@ -116,6 +116,7 @@ class PathFacts:
     present: bool = True           # the interface exists
     offline: bool = False          # taken out of service by an operator
     lossy: bool = False            # path quality over the threshold
+    admin_downed: bool = False     # hanet set it admin-down (failover.admin_down_failed)
     penalty: float = 0.0           # flap-damping figure of merit, as of penalty_t
     penalty_t: int = 0
     damped: bool = False
@@ -255,6 +256,8 @@ TABLE: list[Row] = [
            (None, "g_on_active", "e_refuse_offline", "offline refused: it is the last usable path (use force)"),
            (None, None, "e_cancel_failback_if_gone", "standby NIC taken offline")),
     *_rows("op_offline", (STARTING, ALL_PATHS_DOWN) + MOVING, (None, None, None, "NIC marked offline")),
+    *_rows("op_online", ANY,
+           (None, "g_online_needs_plumb", "e_plumb_online", "NIC back online: bring it up (hanet set it down)")),
     *_rows("op_online", ALTERNATE_ACTIVE,
            (None, "g_better_usable_auto", "e_arm_failback", "NIC back online and better: hold down before failing back"),
            (None, None, None, "NIC back online")),
@@ -583,6 +586,9 @@ class Machine:
     def g_best_is_holder_alternate(self, ev) -> bool:
         return self.active not in (None, 0) and self._failover_target() == self.active
 
+    def g_online_needs_plumb(self, ev) -> bool:
+        return self.facts[ev.path].admin_downed
+
     def g_on_active(self, ev) -> bool:
         return self._path_of() == self.active
 
@@ -685,6 +691,10 @@ class Machine:
         for p in range(self.n):
             if p != target:
                 admin_down = self.params.admin_down_failed and p == source and not self.usable(p)
+                if admin_down:
+                    # A down NIC cannot be probed: it stays out of service until an operator
+                    # brings it back with `hanet online`.
+                    self.facts[p].admin_downed = self.facts[p].offline = True
                 kernel.append(self._emit(m.DisableNic, path=p, admin_down=admin_down,
                                          mac=self._mac_for(p, target)))
         kernel.append(self._emit(m.PlumbNic, path=target))
@@ -759,6 +769,10 @@ class Machine:
         self.paused.clear()
         if self.params.coordinate:
             self._emit(m.SendNotice, path=self.active, active=self.active)
+
+    def e_plumb_online(self) -> None:
+        self.facts[self._event.path].admin_downed = False
+        self._emit(m.PlumbNic, path=self._event.path)
 
     def e_refuse_offline(self) -> None:
         self.facts[self._event.path].offline = False  # it stays in service

@@ -150,6 +150,22 @@ def test_operator_offline_refuses_last_path_unless_forced():
     assert step.dst == M.ALL_PATHS_DOWN
 
 
+def test_admin_down_failed_nic_waits_for_an_operator():
+    d = Driver(admin_down_failed=True, failback_hold_ns=10 * MS)
+    step = d.feed(m.HeartbeatLost(t_ns=d.t, path=0))
+    assert [a.admin_down for a in step.actions if isinstance(a, m.DisableNic)] == [True]
+    assert d.state == M.ALTERNATE_ACTIVE and d.mach.facts[0].offline
+    d.feed(m.LinkDown(t_ns=d.t, path=0))  # it is down now: no probing, no failback
+    d.advance(100 * MS)
+    assert d.state == M.ALTERNATE_ACTIVE
+    step = d.feed(m.OperatorOnline(t_ns=d.t, path=0, who="uid=0"))
+    assert [type(a) for a in step.actions] == [m.PlumbNic]
+    d.feed(m.LinkUp(t_ns=d.t, path=0))
+    d.feed(m.HeartbeatRecovered(t_ns=d.t, path=0))
+    d.advance(20 * MS)
+    assert d.state == M.MONITORING and d.kernel.holders() == [0]
+
+
 def test_planned_failover_and_failback():
     d = Driver(failback_auto=False)
     d.feed(m.HeartbeatRecovered(t_ns=d.t, path=1))
