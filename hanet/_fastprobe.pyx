@@ -87,6 +87,12 @@ cdef extern from * nogil:
         return ev.data ? 1 : 0;
     }
 
+    static int64_t hn_clock_ns(clockid_t clock) {
+        struct timespec ts;
+        clock_gettime(clock, &ts);
+        return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    }
+
     /* A received frame, its sender address and kernel receive time (CLOCK_REALTIME ns, 0 if
        none). len is the frame's full length even when longer than data (MSG_TRUNC). */
     #define HN_BATCH 16
@@ -144,17 +150,31 @@ cdef extern from * nogil:
         return ppoll(fds, n, &tmo, NULL);
     }
 
+    /* Lateness (ns) of count clock_nanosleep() wake-ups on absolute period_ns deadlines. */
+    static void hn_sleep_lateness(int64_t period_ns, int count, int64_t *out) {
+        int64_t deadline = hn_clock_ns(CLOCK_MONOTONIC);
+        for (int i = 0; i < count; i++) {
+            struct timespec ts;
+            deadline += period_ns;
+            ts.tv_sec = deadline / 1000000000LL;
+            ts.tv_nsec = deadline % 1000000000LL;
+            while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+                ;
+            out[i] = hn_clock_ns(CLOCK_MONOTONIC) - deadline;
+        }
+    }
+
     /* SCHED_FIFO at priority for the calling thread: 0, or the errno. */
     static int hn_realtime(int priority) {
         struct sched_param sp = { .sched_priority = priority };
         return pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp);
     }
 
-    static int64_t hn_clock_ns(clockid_t clock) {
-        struct timespec ts;
-        clock_gettime(clock, &ts);
-        return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    static void hn_normal_priority(void) {
+        struct sched_param sp = { .sched_priority = 0 };
+        pthread_setschedparam(pthread_self(), SCHED_OTHER, &sp);
     }
+
 
     """
     ctypedef int clockid_t
@@ -193,6 +213,8 @@ cdef extern from * nogil:
     int hn_recv_batch(int fd, hn_datagram *d)
     int hn_wait(pollfd *fds, int n, int64_t deadline_ns)
     int hn_realtime(int priority)
+    void hn_sleep_lateness(int64_t period_ns, int count, int64_t *out)
+    void hn_normal_priority()
     int64_t hn_clock_ns(clockid_t clock)
 
     int errno
@@ -844,6 +866,30 @@ cdef void run_loop(Core *c) noexcept nogil:
 
 
 # --------------------------------------------------------------------------- Python face
+def sleep_lateness(double period_ms, int count, int rt_priority=0):
+    """The host's timer floor: lateness (ns) of ``count`` bare clock_nanosleep() wake-ups on
+    absolute deadlines, in the calling thread (SCHED_FIFO at ``rt_priority`` if > 0, restored
+    after). What the probe loop adds on top of this is its own cost."""
+    cdef int64_t *out = <int64_t *>malloc(count * sizeof(int64_t))
+    cdef int rt_error = 0
+    if out == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0)
+            if rt_priority > 0:
+                rt_error = hn_realtime(rt_priority)
+            hn_sleep_lateness(<int64_t>(period_ms * 1e6), count, out)
+            if rt_priority > 0 and rt_error == 0:
+                hn_normal_priority()
+        if rt_error:
+            raise OSError(rt_error, f"SCHED_FIFO: {strerror(rt_error).decode()}")
+        return [out[i] for i in range(count)]
+    finally:
+        free(out)
+
+
+
 cdef bytes _id_field(str node_id):
     raw = node_id.encode("utf-8")
     if len(raw) > NODE_ID_LEN:

@@ -58,6 +58,7 @@ MAX_LINE = 64 * 1024          # bytes per request line, newline excluded
 MAX_RESPONSE = 16 * 1024 * 1024
 MAX_CLIENTS = 16
 IDLE_TIMEOUT_S = 60.0         # a connection that sends nothing for this long is closed
+BUSY_READ_TIMEOUT_S = 1.0  # how long a turned-away client has to send its request
 
 # cmd -> {arg: (type, required)}
 COMMANDS: dict[str, dict[str, tuple[type, bool]]] = {
@@ -126,7 +127,13 @@ class ControlServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._clients) >= MAX_CLIENTS:
+            # Take the request before refusing it: closing on a client still sending makes its
+            # send fail with EPIPE, and it would never read why.
+            with contextlib.suppress(TimeoutError, _LineTooLong, ConnectionError):
+                await asyncio.wait_for(_read_line(reader), BUSY_READ_TIMEOUT_S)
             writer.write(_encode({"ok": False, "error": f"busy: {MAX_CLIENTS} clients connected"}))
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
             writer.close()
             return
         task = asyncio.current_task()

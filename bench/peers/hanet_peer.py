@@ -49,7 +49,9 @@ def _kill_leftovers() -> None:
     _running.clear()
 
 
-def hanet_config(node: str, rundir: str, peer_macs: tuple[str, str], interval_ms: float, multiplier: int) -> str:
+def hanet_config(node: str, rundir: str, interval_ms: float, multiplier: int) -> str:
+    """Mirrored per node. No peer_mac: the identity's MAC moves with a failover, so the peer is
+    known by its node id alone."""
     other = "b" if node == "a" else "a"
     primary, alternate = PATH_NICS[node]
     return f"""\
@@ -60,12 +62,10 @@ peer = "{NODE_IDS[other]}"
 [[path]]
 name = "primary"
 interface = "{primary}"
-peer_mac = "{peer_macs[0]}"
 
 [[path]]
 name = "alternate"
 interface = "{alternate}"
-peer_mac = "{peer_macs[1]}"
 
 [heartbeat]
 interval_ms = {float(interval_ms)}
@@ -153,11 +153,9 @@ class HanetPeer(Peer):
             import hanet.cli  # noqa: F401  (the daemon's entry point)
         except ImportError as exc:
             raise PeerUnavailable(f"the hanet daemon is not importable here: {exc}") from exc
-        macs = {"a": tuple(lab.a.mac(i) for i in PATH_NICS["a"]), "b": tuple(lab.b.mac(i) for i in PATH_NICS["b"])}
         env = dict(os.environ, PYTHONPATH=str(REPO))
         try:
             for node, ns in (("a", lab.a), ("b", lab.b)):
-                other = "b" if node == "a" else "a"
                 rundir = tempfile.mkdtemp(prefix=f"hanet-bench-hanet-{node}-")
                 self.nodes[node] = n = _Node(ns, rundir)
                 with open(os.path.join(rundir, "heartbeat.key"), "wb") as f:
@@ -165,7 +163,7 @@ class HanetPeer(Peer):
                 os.chmod(os.path.join(rundir, "heartbeat.key"), 0o600)
                 conf = os.path.join(rundir, "hanet.toml")
                 with open(conf, "w") as f:
-                    f.write(hanet_config(node, rundir, macs[other], interval_ms, multiplier))
+                    f.write(hanet_config(node, rundir, interval_ms, multiplier))
                 with open(os.path.join(rundir, "stdout.log"), "w") as out:
                     n.proc = subprocess.Popen(
                         ["ip", "netns", "exec", ns.name, sys.executable, "-c",
