@@ -10,7 +10,9 @@ process (``ip netns exec``), both nodes with the same implementation, and node a
 * CPU % of one core at rest, two paths at 10 ms (getrusage of the node process over a window),
   with the carrier polled every 10 ms and every 1 ms;
 * request/reply rate: a sweep of shrinking intervals on one path; the maximum is the highest
-  reply rate with at least 99 % of requests answered.
+  reply rate with at least 99 % of requests answered;
+* the host's timer floor: a bare sleep loop on absolute deadlines, no I/O (Python's time.sleep;
+  clock_nanosleep from C, at normal priority and SCHED_FIFO), so the loops' own cost shows.
 
 The pure-Python loop speaks the same frames (hanet.frame) over the same AF_PACKET sockets and
 polls the carrier with the same ETHTOOL_GLINK ioctl; it waits in poll(2) with absolute deadlines,
@@ -48,7 +50,7 @@ PACKET_ADD_MEMBERSHIP = 1
 PACKET_MR_MULTICAST = 0
 NICS = {"a": ("nic1", "nic3"), "b": ("nic2", "nic4")}
 IDS = {"a": ("alpha", "beta"), "b": ("beta", "alpha")}
-SWEEP_US = (200, 100, 50, 20, 10)
+SWEEP_US = (1000, 500, 200, 100, 50, 20, 10)
 IMPLS = ("python", "cython", "cython-fifo")
 RT_PRIORITY = 10
 
@@ -200,6 +202,19 @@ def run_node(args) -> dict:
             "send_lateness": summary(lags), "cpu_percent": round(100 * (cpu1 - cpu0) / (t1 - t0), 2)}
 
 
+def timer_floor(impl: str, period_ms: float, seconds: float) -> dict:
+    count = int(seconds * 1000 / period_ms)
+    if impl == "python":
+        lags, deadline = [], time.monotonic_ns()
+        for _ in range(count):
+            deadline += int(period_ms * 1e6)
+            time.sleep(max(0, deadline - time.monotonic_ns()) / 1e9)
+            lags.append(time.monotonic_ns() - deadline)
+        return summary(lags)
+    from hanet import _fastprobe
+    return summary(_fastprobe.sleep_lateness(period_ms, count, RT_PRIORITY if impl == "cython-fifo" else 0))
+
+
 # --------------------------------------------------------------------------- orchestration
 def scenario(lab, key_file: str, impl: str, interval_ms: float, poll_ms: float, paths: int,
              seconds: float) -> dict:
@@ -248,6 +263,8 @@ def main() -> None:
         for impl in IMPLS:
             r = results[impl] = {}
             for interval in (1.0, 10.0):
+                r[f"timer_floor_{interval:g}ms"] = timer_floor(impl, interval, args.seconds)
+            for interval in (1.0, 10.0):
                 r[f"lateness_{interval:g}ms"] = scenario(lab, key.name, impl, interval, interval, 2, args.seconds)
             for poll in (10.0, 1.0):
                 r[f"rest_10ms_poll_{poll:g}ms"] = scenario(lab, key.name, impl, 10.0, poll, 2, args.seconds)
@@ -266,6 +283,10 @@ def report(results: dict) -> None:
     def row(label, pick):
         print(f"{label:<44}" + "".join(f"{pick(results[impl])!s:>20}" for impl in IMPLS))
     print(f"{'':<44}" + "".join(f"{impl:>20}" for impl in IMPLS))
+    for interval in ("1", "10"):
+        key = f"timer_floor_{interval}ms"
+        for q in ("p50_us", "p99_us", "max_us"):
+            row(f"host timer floor at {interval} ms, {q}", lambda r: r[key][q])
     for interval in ("1", "10"):
         key = f"lateness_{interval}ms"
         for q in ("p50_us", "p99_us", "max_us"):

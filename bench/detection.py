@@ -86,16 +86,21 @@ def run_trial(peer: peerlib.Peer, injector: faultlib.Injector, kind: str, interv
               multiplier: int, stream: UdpStream | None) -> dict:
     detect_timeout = max(1.0, 20 * interval_ms * multiplier / 1000)
     time.sleep(random.uniform(0, interval_ms * multiplier / 1000))  # no phase lock with the tx timers
-    inj = injector.apply(kind)
     try:
-        t_a = peer.detection_time_after(inj.t_fault_ns, detect_timeout, node="a")
-        t_b = peer.detection_time_after(inj.t_fault_ns, B_NODE_GRACE_S if t_a else 0.0, node="b")
+        try:
+            inj = injector.apply(kind)
+        except faultlib.FaultError as exc:
+            return {"error": f"fault not applied: {exc}"}
+        # From the earliest moment the fault may have begun: a carrier poll can beat the call's return.
+        t_a = peer.detection_time_after(inj.t_start_ns, detect_timeout, node="a")
+        t_b = peer.detection_time_after(inj.t_start_ns, B_NODE_GRACE_S if t_a else 0.0, node="b")
         gap = stream.gap_around(inj.t_fault_ns, detect_timeout + 2.0) if stream else None
     finally:
         injector.heal(kind)
     trial = {
         "t_fault_ns": inj.t_fault_ns,
         "inject_us": round(inj.cost_ns / 1e3, 1),
+        "fault_after_start_us": round((inj.t_fault_ns - inj.t_start_ns) / 1e3, 1),
         "detection_ms": _ms(t_a - inj.t_fault_ns) if t_a else None,
         "detection_b_ms": _ms(t_b - inj.t_fault_ns) if t_b else None,
     }

@@ -6,9 +6,16 @@ one netlink transaction rather than a process start. The worker stamps CLOCK_MON
 immediately before and after the kernel call and returns both; CLOCK_MONOTONIC is shared by every
 namespace on the host, so the stamps compare with the detectors' own.
 
-The fault time of a trial is the *after* stamp of the last kernel call that put the fault in
-force: the fault is certainly in force by then, and the injection cost (after - before, summed
-over both ends for two-ended faults) bounds how much earlier it may already have bitten.
+Fault time:
+- nftables faults: the *after* stamp of the last kernel call that put the fault in force (the
+  fault is certainly in force then); the injection cost (from the first before-stamp) bounds how
+  much earlier it may already have bitten.
+- carrier faults: setting a veth end admin-down takes 1-3 ms in the kernel and the peer's carrier
+  drops somewhere inside that call, so neither stamp is the fault time. Node a's worker spins on
+  the ETHTOOL_GLINK ioctl (a few us a read) from before the call until a.nic1's carrier bit reads
+  0, and that instant is the fault time: the first moment any detector on node a could know.
+Detections are looked for from ``t_start_ns`` (the first before-stamp), the earliest the fault
+may have begun.
 
 Fault kinds (the observer is node a, on the primary path a.nic1 <-> b.nic2):
   carrier       b.nic2 set admin-down, so a.nic1 loses carrier
@@ -19,8 +26,12 @@ Fault kinds (the observer is node a, on the primary path a.nic1 <-> b.nic2):
 """
 from __future__ import annotations
 
+import array
 import ctypes
+import fcntl
 import json
+import socket
+import struct
 import os
 import subprocess
 import sys
@@ -60,7 +71,47 @@ def drop_off(ifname: str) -> str:
     return f"flush chain netdev {_table(ifname)} ingress\n"
 
 
+CARRIER_WATCH_TIMEOUT_NS = 200_000_000
+SIOCETHTOOL = 0x8946
+ETHTOOL_GLINK = 0x0000000A
+
+
 # --------------------------------------------------------------------------- worker (in a netns)
+class _CarrierReader:
+    """The carrier bit of one interface via ETHTOOL_GLINK: current at once, unlike netlink."""
+
+    def __init__(self, ifname: str) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.value = array.array("I", [ETHTOOL_GLINK, 0])  # struct ethtool_value {cmd, data}
+        address, _ = self.value.buffer_info()
+        self.ifreq = bytearray(struct.pack("16sP", ifname.encode(), address).ljust(40, b"\0"))
+
+    def up(self) -> bool:
+        fcntl.ioctl(self.sock, SIOCETHTOOL, self.ifreq)
+        return self.value[1] != 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _watch_carrier_loss(ifname: str) -> tuple[int, int, str]:
+    """Spin until ``ifname`` loses carrier; (start, first down read, error)."""
+    reader = _CarrierReader(ifname)
+    try:
+        print(json.dumps({"ok": True, "armed": True}), flush=True)
+        t0 = time.monotonic_ns()
+        deadline = t0 + CARRIER_WATCH_TIMEOUT_NS
+        while True:
+            up = reader.up()
+            now = time.monotonic_ns()
+            if not up:
+                return t0, now, ""
+            if now > deadline:
+                return t0, now, f"{ifname} kept carrier for {CARRIER_WATCH_TIMEOUT_NS // 1_000_000} ms"
+    finally:
+        reader.close()
+
+
 class _Nft:
     """libnftables in-process: one context, one netlink socket, opened once."""
 
@@ -107,6 +158,8 @@ def serve() -> None:
             t0 = time.monotonic_ns()
             ipr.link("set", index=ifindex[name], state=state)
             t1 = time.monotonic_ns()
+        elif req["op"] == "watch-carrier-loss":
+            t0, t1, error = _watch_carrier_loss(req["ifname"])
         else:
             t0 = t1 = time.monotonic_ns()
             error = f"unknown op {req['op']!r}"
@@ -160,8 +213,9 @@ class NsWorker:
 
 @dataclass(frozen=True)
 class Injection:
-    t_fault_ns: int  # after-stamp of the last kernel call that put the fault in force
-    cost_ns: int  # from the first before-stamp to that after-stamp
+    t_fault_ns: int  # the fault time (see the module docstring)
+    t_start_ns: int  # the first before-stamp: the earliest the fault may have begun
+    cost_ns: int  # duration of the kernel call(s) that applied the fault
     t_prior_ns: int | None = None  # busy-carrier: after-stamp of the unrelated link change
 
 
@@ -205,25 +259,32 @@ class Injector:
         self.last_link_change_ns = t1
         return t0, t1
 
+    def _carrier_loss(self, prior_ns: int | None = None) -> Injection:
+        """b.nic2 admin-down, timed by a.nic1's carrier bit as node a's worker sees it."""
+        watcher = self.workers["a"]
+        watcher.send({"op": "watch-carrier-loss", "ifname": PRIMARY_A})
+        watcher._read()  # armed: spinning from now on
+        t0, t1 = self._link("b", PRIMARY_B, up=False)
+        reply = watcher._read()
+        return Injection(reply["t1"], t0, t1 - t0, t_prior_ns=prior_ns)
+
     def apply(self, kind: str) -> Injection:
         if kind == "carrier":
             self.wait_quiet()
-            t0, t1 = self._link("b", PRIMARY_B, up=False)
-            return Injection(t1, t1 - t0)
+            return self._carrier_loss()
         if kind == "blackhole":
             t0, t1 = _parallel([(self.workers["a"], {"op": "nft", "script": drop_on(PRIMARY_A)}),
                                 (self.workers["b"], {"op": "nft", "script": drop_on(PRIMARY_B)})])
-            return Injection(t1, t1 - t0)
+            return Injection(t1, t0, t1 - t0)
         if kind == "oneway":
             t0, t1 = self.workers["b"].call({"op": "nft", "script": drop_on(PRIMARY_B)})
-            return Injection(t1, t1 - t0)
+            return Injection(t1, t0, t1 - t0)
         if kind == "busy-carrier":
             _, prior = self._link("spare", SPARE_IFS[0], up=False)
             pause = (prior + BUSY_LEAD_NS - time.monotonic_ns()) / 1e9
             if pause > 0:
                 time.sleep(pause)
-            t0, t1 = self._link("b", PRIMARY_B, up=False)
-            return Injection(t1, t1 - t0, t_prior_ns=prior)
+            return self._carrier_loss(prior_ns=prior)
         raise FaultError(f"unknown fault kind {kind!r}; known: {', '.join(self.KINDS)}")
 
     def heal(self, kind: str) -> None:

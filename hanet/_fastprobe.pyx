@@ -225,7 +225,7 @@ cdef extern from * nogil:
     int SOL_SOCKET, SO_TIMESTAMPNS, SOL_PACKET, PACKET_ADD_MEMBERSHIP, PACKET_MR_MULTICAST
     int PACKET_IGNORE_OUTGOING, PACKET_OUTGOING
     int EFD_NONBLOCK, EFD_CLOEXEC
-    int PR_SET_TIMERSLACK
+    int PR_SET_TIMERSLACK, PR_GET_TIMERSLACK
 
     int pthread_mutex_init(pthread_mutex_t *m, void *attr)
     int pthread_mutex_destroy(pthread_mutex_t *m)
@@ -868,10 +868,12 @@ cdef void run_loop(Core *c) noexcept nogil:
 # --------------------------------------------------------------------------- Python face
 def sleep_lateness(double period_ms, int count, int rt_priority=0):
     """The host's timer floor: lateness (ns) of ``count`` bare clock_nanosleep() wake-ups on
-    absolute deadlines, in the calling thread (SCHED_FIFO at ``rt_priority`` if > 0, restored
-    after). What the probe loop adds on top of this is its own cost."""
+    absolute deadlines, in the calling thread with 1 us timer slack like the probe loop (and
+    SCHED_FIFO at ``rt_priority`` if > 0); both are restored after. What the probe loop adds on
+    top of this is its own cost."""
     cdef int64_t *out = <int64_t *>malloc(count * sizeof(int64_t))
     cdef int rt_error = 0
+    cdef int slack = prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0)
     if out == NULL:
         raise MemoryError()
     try:
@@ -882,6 +884,7 @@ def sleep_lateness(double period_ms, int count, int rt_priority=0):
             hn_sleep_lateness(<int64_t>(period_ms * 1e6), count, out)
             if rt_priority > 0 and rt_error == 0:
                 hn_normal_priority()
+            prctl(PR_SET_TIMERSLACK, slack, 0, 0, 0)
         if rt_error:
             raise OSError(rt_error, f"SCHED_FIFO: {strerror(rt_error).decode()}")
         return [out[i] for i in range(count)]

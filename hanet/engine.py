@@ -169,8 +169,10 @@ class Engine:
             self._readers.append(self.prober.fileno())
             if self.linkwatch is not None:
                 self.netlink.call(self.linkwatch.start)
-                self.loop.add_reader(self.linkwatch.fileno(), self._drain_linkwatch)
-                self._readers.append(self.linkwatch.fileno())
+                # pyroute2 keeps its socket per thread: ask for the fd on the thread that reads it.
+                fd = self.netlink.call(self.linkwatch.fileno)
+                self.loop.add_reader(fd, self._drain_linkwatch)
+                self._readers.append(fd)
             self.submit(m.DaemonStarted(t_ns=time.monotonic_ns(), holder=reconciled.holder,
                                         carrier=tuple(reconciled.carrier), macs=tuple(reconciled.macs)))
             await self._start_services()
@@ -295,6 +297,8 @@ class Engine:
             self.writer.transition(step, cause)  # durable before any action runs
         if step.changed or not isinstance(ev, (m.ActionDone,)):
             log.info("event %s lag_us=%.0f", fields_text(ev), lag_us)
+        if self.linkwatch is not None:
+            self.linkwatch.set_holder(step.active)  # whose addresses vanishing is news
         if step.src != step.dst:
             self._on_transition(step, ev)
         self._carry_out(step.actions)
@@ -306,8 +310,6 @@ class Engine:
         self.recent.append({"wall": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime()), "src": step.src,
                             "dst": step.dst, "trigger": step.trigger, "reason": step.reason,
                             "active": step.active})
-        if self.linkwatch is not None:
-            self.linkwatch.set_holder(step.active)
         self.notifier.status(self.status_line())
         if self.metrics is not None:
             detection = None
@@ -333,12 +335,20 @@ class Engine:
                 self.prober.pause(act.path)
             elif isinstance(act, m.ResumeMonitoring):
                 self.prober.resume(act.path)
+            elif isinstance(act, m.RebindProbe):
+                self._rebind(act.path)
             elif isinstance(act, m.StartTimer):
                 self.timers.start(act.name, act.deadline_ns)
             elif isinstance(act, m.CancelTimer):
                 self.timers.cancel(act.name)
             elif isinstance(act, m.SendNotice):
                 self.prober.send_notice(act.path, act.active)
+
+    def _rebind(self, path: int) -> None:
+        try:
+            self.prober.rebind(path)
+        except OSError as exc:  # gone again already: the next link.returned retries
+            log.error("probe rebind failed path=%d error=%r", path, exc.strerror)
 
     def _execute(self, batch: list[m.Action]) -> list[m.Event]:
         """Kernel steps in order, in one hop to the netlink thread, up to the first failure."""

@@ -409,6 +409,7 @@ class Machine:
             self._penalise(path, was_usable)
         elif isinstance(ev, m.LinkReturned):
             f.present = True
+            self._emit(m.RebindProbe, path=path)
         elif isinstance(ev, m.PathQuality):
             return self._fold_quality(path, ev)
         elif isinstance(ev, m.TimerFired):

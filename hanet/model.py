@@ -263,6 +263,13 @@ class ResumeMonitoring(Action):
 
 
 @action
+class RebindProbe(Action):
+    """``path``'s interface was re-created: reopen its heartbeat socket on the new ifindex."""
+    type: ClassVar[str] = "probe.rebind"
+    path: int = 0
+
+
+@action
 class DisableNic(Action):
     """Remove the carried addresses from ``path``'s NIC; set it admin-down only if ``admin_down``.
 

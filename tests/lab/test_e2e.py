@@ -350,3 +350,41 @@ def test_lossy_primary_is_left_for_a_clean_alternate(make_lab):
         _, trigger = entered(lab, node, "Failing-Over", t0)
         assert trigger in ("path.quality", "peer.notice"), trigger
         assert_identity_on(lab, node, 1)
+
+
+def test_carried_address_removed_by_hand_is_put_back(make_lab):
+    lab = make_lab()
+    lab.netns("alpha").ip("addr", "del", "192.0.2.101/24", "dev", "nic1")
+    deadline = time.monotonic() + 5
+    while "192.0.2.101/24" not in lab.netns("alpha").addresses("nic1") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert_identity_on(lab, "alpha", 0)
+    events = [e.record["e"] for e in reader.read_file(lab.log_path("alpha"), lambda d: None) if e.record["k"] == "event"]
+    assert any(e["type"] == "address.removed" and e["address"] == "192.0.2.101/24" for e in events)
+
+
+def test_alternate_deleted_and_recreated_is_probed_again_and_usable(make_lab):
+    from hanet import labnet
+
+    lab = make_lab()
+    labnet.sh("ip", "-n", lab.ns["alpha"], "link", "del", "nic3")  # takes beta's nic4 with it
+    for node in ("alpha", "beta"):
+        deadline = time.monotonic() + 5
+        while lab.status(node)["paths"][1]["present"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not lab.status(node)["paths"][1]["present"]
+    labnet.veth(lab.netns("alpha"), "nic3", lab.netns("beta"), "nic4",
+                mac_a="02:00:00:00:0a:02", mac_b="02:00:00:00:0b:02")
+    for node in ("alpha", "beta"):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            path = lab.status(node)["paths"][1]
+            if path["present"] and path["health"] == "up":
+                break
+            time.sleep(0.05)
+        assert path["present"] and path["health"] == "up", path
+    lab.fault("blackhole", "primary")
+    for node in ("alpha", "beta"):
+        lab.wait_state(node, "Alternate-Active", 10)
+        assert_identity_on(lab, node, 1)
+        wait_reachable(lab, node)
