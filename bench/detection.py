@@ -104,6 +104,8 @@ def run_trial(peer: peerlib.Peer, injector: faultlib.Injector, kind: str, interv
         "detection_ms": _ms(t_a - inj.t_fault_ns) if t_a else None,
         "detection_b_ms": _ms(t_b - inj.t_fault_ns) if t_b else None,
     }
+    if inj.uncertainty_ns is not None:
+        trial["fault_time_uncertainty_us"] = round(inj.uncertainty_ns / 1e3, 1)
     if inj.t_prior_ns is not None:
         trial["prior_change_ms"] = _ms(inj.t_fault_ns - inj.t_prior_ns)
     if stream:

@@ -11,9 +11,10 @@ Fault time:
   fault is certainly in force then); the injection cost (from the first before-stamp) bounds how
   much earlier it may already have bitten.
 - carrier faults: setting a veth end admin-down takes 1-3 ms in the kernel and the peer's carrier
-  drops somewhere inside that call, so neither stamp is the fault time. Node a's worker spins on
-  the ETHTOOL_GLINK ioctl (a few us a read) from before the call until a.nic1's carrier bit reads
-  0, and that instant is the fault time: the first moment any detector on node a could know.
+  drops somewhere inside that call, so neither stamp is the fault time. Node a's worker reads
+  a.nic1's carrier bit (ETHTOOL_GLINK ioctl, a few us) every 50 us at real-time priority from
+  before the call until it reads 0; the fault time is the midpoint of the last read that saw
+  carrier and the first that did not, and half that interval is its uncertainty.
 Detections are looked for from ``t_start_ns`` (the first before-stamp), the earliest the fault
 may have begun.
 
@@ -72,6 +73,8 @@ def drop_off(ifname: str) -> str:
 
 
 CARRIER_WATCH_TIMEOUT_NS = 200_000_000
+WATCH_PERIOD_S = 50e-6
+WATCH_PRIORITY = 10  # SCHED_FIFO, only while watching for the carrier loss
 SIOCETHTOOL = 0x8946
 ETHTOOL_GLINK = 0x0000000A
 
@@ -95,20 +98,27 @@ class _CarrierReader:
 
 
 def _watch_carrier_loss(ifname: str) -> tuple[int, int, str]:
-    """Spin until ``ifname`` loses carrier; (start, first down read, error)."""
+    """Poll ``ifname``'s carrier every WATCH_PERIOD_S until it is lost; returns (last read that saw
+    carrier, first read that did not, error). Real-time priority while watching keeps the stamps
+    honest on a busy host; sleeping between reads leaves the CPU to the detectors under test."""
     reader = _CarrierReader(ifname)
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
     try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(WATCH_PRIORITY))
         print(json.dumps({"ok": True, "armed": True}), flush=True)
-        t0 = time.monotonic_ns()
-        deadline = t0 + CARRIER_WATCH_TIMEOUT_NS
+        last_up = time.monotonic_ns()
+        deadline = last_up + CARRIER_WATCH_TIMEOUT_NS
         while True:
             up = reader.up()
             now = time.monotonic_ns()
             if not up:
-                return t0, now, ""
+                return last_up, now, ""
             if now > deadline:
-                return t0, now, f"{ifname} kept carrier for {CARRIER_WATCH_TIMEOUT_NS // 1_000_000} ms"
+                return last_up, now, f"{ifname} kept carrier for {CARRIER_WATCH_TIMEOUT_NS // 1_000_000} ms"
+            last_up = now
+            time.sleep(WATCH_PERIOD_S)
     finally:
+        os.sched_setscheduler(0, policy, param)
         reader.close()
 
 
@@ -217,6 +227,7 @@ class Injection:
     t_start_ns: int  # the first before-stamp: the earliest the fault may have begun
     cost_ns: int  # duration of the kernel call(s) that applied the fault
     t_prior_ns: int | None = None  # busy-carrier: after-stamp of the unrelated link change
+    uncertainty_ns: int | None = None  # carrier faults: half the carrier reads' bracket
 
 
 def _parallel(calls: list[tuple[NsWorker, dict]]) -> tuple[int, int]:
@@ -266,7 +277,9 @@ class Injector:
         watcher._read()  # armed: spinning from now on
         t0, t1 = self._link("b", PRIMARY_B, up=False)
         reply = watcher._read()
-        return Injection(reply["t1"], t0, t1 - t0, t_prior_ns=prior_ns)
+        last_up, first_down = reply["t0"], reply["t1"]
+        return Injection((last_up + first_down) // 2, t0, t1 - t0, t_prior_ns=prior_ns,
+                         uncertainty_ns=(first_down - last_up) // 2)
 
     def apply(self, kind: str) -> Injection:
         if kind == "carrier":

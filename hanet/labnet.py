@@ -188,7 +188,7 @@ class TwoNodeLab:
                 sw = lab.switch
                 sw.ip("link", "add", f"br{i}", "type", "bridge", "forward_delay", "0")
                 veth(lab.a, if_a, sw, f"a{i}", mac_a=mac_a)
-                veth(lab.b, if_b, sw, f"b{i}", mac_b=mac_b)
+                veth(lab.b, if_b, sw, f"b{i}", mac_a=mac_b)
                 for port in (f"a{i}", f"b{i}"):
                     sw.ip("link", "set", port, "master", f"br{i}")
                 sw.ip("link", "set", f"br{i}", "up")
