@@ -37,7 +37,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from hanet import model  # noqa: E402
 from hanet.labnet import TwoNodeLab  # noqa: E402
-from hanet.netops import NetOps, move_actions  # noqa: E402
+from hanet.machine import Params, planned_move  # noqa: E402
+from hanet.netops import NetOps  # noqa: E402
 from nsrun import PEER_ADDRESSES, in_netns, lab_config, setup_peer  # noqa: E402
 
 SIOCETHTOOL = 0x8946
@@ -169,8 +170,8 @@ def run_sequence(ops: NetOps, actions, per_action: dict[str, list[float]]) -> di
 
 def trials(lab, ops, injector, scenario: str, n: int, poll_s: float, rng: random.Random) -> dict:
     cfg = ops.cfg
-    failover = move_actions(cfg, 0, 1, IDENTITY_MAC, OWN_MACS)
-    failback = move_actions(cfg, 1, 0, IDENTITY_MAC, OWN_MACS)
+    failover = planned_move(Params.from_config(cfg), OWN_MACS, 0, 1)
+    failback = planned_move(Params.from_config(cfg), OWN_MACS, 1, 0)
     with in_netns(lab.a.name):
         poll = CarrierPoll("nic1")
         via_alt = Echo("nic3", PEER_ADDRESSES["nic4"].split("/")[0])
@@ -212,8 +213,8 @@ def trials(lab, ops, injector, scenario: str, n: int, poll_s: float, rng: random
 
 def sequence_only(lab, ops, n: int) -> dict:
     """The move's kernel actions alone, back and forth between two up NICs; no fault."""
-    forth = move_actions(ops.cfg, 0, 1, IDENTITY_MAC, OWN_MACS)
-    back = move_actions(ops.cfg, 1, 0, IDENTITY_MAC, OWN_MACS)
+    forth = planned_move(Params.from_config(ops.cfg), OWN_MACS, 0, 1)
+    back = planned_move(Params.from_config(ops.cfg), OWN_MACS, 1, 0)
     per_action: dict[str, list[float]] = {}
     totals, five = [], []
     for _ in range(n):
@@ -252,9 +253,9 @@ def main(argv: list[str] | None = None) -> int:
         injector = subprocess.Popen(["ip", "netns", "exec", lab.b.name, sys.executable, "-c", INJECTOR, "nic2", "spare0"],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
-            both = move_actions(cfg, 0, 1, IDENTITY_MAC, OWN_MACS) + move_actions(cfg, 1, 0, IDENTITY_MAC, OWN_MACS)
+            both = planned_move(Params.from_config(cfg), OWN_MACS, 0, 1) + planned_move(Params.from_config(cfg), OWN_MACS, 1, 0)
             ops.prepare(both)
-            run_sequence(ops, move_actions(cfg, 1, 0, IDENTITY_MAC, OWN_MACS), {})
+            run_sequence(ops, planned_move(Params.from_config(cfg), OWN_MACS, 1, 0), {})
             result["sequence_only"] = sequence_only(lab, ops, args.trials)
             for scenario in ("quiet", "after-link-change"):
                 result["scenarios"][scenario] = trials(lab, ops, injector, scenario, args.trials, poll_ms / 1000, rng)

@@ -204,15 +204,18 @@ def run_node(args) -> dict:
 
 def timer_floor(impl: str, period_ms: float, seconds: float) -> dict:
     count = int(seconds * 1000 / period_ms)
+    cpu0, t0 = cpu_seconds(), time.monotonic()
     if impl == "python":
         lags, deadline = [], time.monotonic_ns()
         for _ in range(count):
             deadline += int(period_ms * 1e6)
             time.sleep(max(0, deadline - time.monotonic_ns()) / 1e9)
             lags.append(time.monotonic_ns() - deadline)
-        return summary(lags)
-    from hanet import _fastprobe
-    return summary(_fastprobe.sleep_lateness(period_ms, count, RT_PRIORITY if impl == "cython-fifo" else 0))
+    else:
+        from hanet import _fastprobe
+        lags = _fastprobe.sleep_lateness(period_ms, count, RT_PRIORITY if impl == "cython-fifo" else 0)
+    cpu = round(100 * (cpu_seconds() - cpu0) / (time.monotonic() - t0), 2)
+    return {**summary(lags), "cpu_percent": cpu}
 
 
 # --------------------------------------------------------------------------- orchestration
@@ -285,7 +288,7 @@ def report(results: dict) -> None:
     print(f"{'':<44}" + "".join(f"{impl:>20}" for impl in IMPLS))
     for interval in ("1", "10"):
         key = f"timer_floor_{interval}ms"
-        for q in ("p50_us", "p99_us", "max_us"):
+        for q in ("p50_us", "p99_us", "max_us", "cpu_percent"):
             row(f"host timer floor at {interval} ms, {q}", lambda r: r[key][q])
     for interval in ("1", "10"):
         key = f"lateness_{interval}ms"

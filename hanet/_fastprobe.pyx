@@ -593,7 +593,8 @@ cdef void send_frame(Core *c, int i, int kind, int active, uint64_t seq, int64_t
 # --------------------------------------------------------------------------- prober logic
 cdef void on_miss(Core *c, int i, int64_t now) noexcept nogil:
     cdef Path *p = &c.paths[i]
-    p.misses += 1
+    if p.misses < 1 << 30:  # a path dead for weeks must not wrap the counter
+        p.misses += 1
     p.oks = 0
     if p.misses == 1:
         p.first_miss_ns = now

@@ -783,6 +783,17 @@ class Machine:
         self._emit(m.Announce, path=self.active, count=self.params.announce_count)
 
 
+def planned_move(params: Params, own_macs: tuple[str, ...], source: int, target: int) -> tuple[m.Action, ...]:
+    """The kernel actions this machine issues to move the identity from ``source`` to ``target``
+    with every path healthy, for tools and tests that drive the executor directly."""
+    mach = Machine(dataclasses.replace(params, enable_delay_ns=0))
+    mach.step(m.DaemonStarted(t_ns=0, holder=source, carrier=(True,) * mach.n, macs=tuple(own_macs)))
+    for path in range(mach.n):
+        mach.step(m.HeartbeatRecovered(t_ns=0, path=path))
+    step = mach.step(m.OperatorFailover(t_ns=0, path=target, force=True))
+    return tuple(a for a in step.actions if isinstance(a, m.KERNEL_ACTIONS))
+
+
 def check_table_total() -> list[tuple[str, str]]:
     """(state, input) pairs with no unconditional row: must be empty for the machine to be total."""
     missing = []

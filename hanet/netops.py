@@ -68,29 +68,6 @@ def main_address(cfg: Config) -> str:
     return cfg.identity.address if cfg.carries("ipv4") or not carried else carried[0].address
 
 
-def move_actions(cfg: Config, src: int, dst: int, identity_mac: str, own_macs: tuple[str, ...],
-                 announce_count: int | None = None, first_id: int = 1) -> tuple[model.Action, ...]:
-    """The kernel actions of moving the identity from path ``src`` to ``dst``, in the fixed order.
-
-    With "mac" carried, ``dst`` takes ``identity_mac`` and ``src`` takes back a MAC of its own;
-    if its own MAC is the identity MAC (the primary, usually), it takes ``dst``'s own one: a swap.
-    """
-    mac_in, mac_out = "", ""
-    if cfg.carries("mac") and identity_mac:
-        mac_in = identity_mac
-        mac_out = own_macs[src] if own_macs[src] != identity_mac else own_macs[dst]
-    count = cfg.failover.announce_count if announce_count is None else announce_count
-    i = first_id
-    return (
-        model.DisableNic(i, path=src, admin_down=cfg.failover.admin_down_failed, mac=mac_out),
-        model.PlumbNic(i + 1, path=dst),
-        model.ConfigureNic(i + 2, path=dst, from_path=src, mac=mac_in),
-        model.EnableNic(i + 3, path=dst),
-        model.Announce(i + 4, path=dst, count=count),
-        model.MoveRoutes(i + 5, path=dst),
-    )
-
-
 @dataclass(frozen=True)
 class Reconciled:
     """Where the carried parameters are, as read from the kernel."""

@@ -11,7 +11,8 @@ from pyroute2 import IPRoute
 from hanet import model
 from hanet.labnet import TwoNodeLab
 from hanet.linkwatch import LinkWatch
-from hanet.netops import NetOps, move_actions
+from hanet.machine import Params, planned_move
+from hanet.netops import NetOps
 from nsrun import in_netns, lab_config
 
 pytestmark = pytest.mark.lab
@@ -100,7 +101,7 @@ def test_address_removed_by_hand_is_reported_but_not_our_own_removals(lab, watch
         ops = NetOps(cfg)
     try:
         own = ("02:00:00:00:0a:01", "02:00:00:00:0a:02")
-        for act in move_actions(cfg, 1, 0, own[0], own):
+        for act in planned_move(Params.from_config(cfg), own, 1, 0):
             assert isinstance(ops.execute(act), model.ActionDone)
         watch.set_holder(0)
 
@@ -110,7 +111,7 @@ def test_address_removed_by_hand_is_reported_but_not_our_own_removals(lab, watch
 
         # hanet's own failover removes every carried address from nic1: announced, so silent.
         watch.expect_removals(0, [c.address for c in ops.carried])
-        disable, *rest = move_actions(cfg, 0, 1, own[0], own)
+        disable, *rest = planned_move(Params.from_config(cfg), own, 0, 1)
         assert isinstance(ops.execute(disable), model.ActionDone)
         lab.b.ip("link", "set", "nic2", "down")  # a marker: the deletions were read before it
         seen: list[model.Event] = []

@@ -1,6 +1,7 @@
 """NetOps in real namespaces: node a moves its identity between nic1 and nic3, node b is the peer."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import select
 import socket
@@ -11,7 +12,8 @@ import pytest
 
 from hanet import model
 from hanet.labnet import TwoNodeLab
-from hanet.netops import NetOps, move_actions
+from hanet.machine import Params, planned_move
+from hanet.netops import NetOps
 from nsrun import GATEWAY, in_netns, lab_config, setup_peer, wait_for
 
 pytestmark = pytest.mark.lab
@@ -52,7 +54,7 @@ def run_all(ops: NetOps, actions) -> None:
 
 
 def moves(ops: NetOps, src: int, dst: int, count: int = 1):
-    return move_actions(ops.cfg, src, dst, IDENTITY_MAC, OWN_MACS, announce_count=count)
+    return planned_move(dataclasses.replace(Params.from_config(ops.cfg), announce_count=count), OWN_MACS, src, dst)
 
 
 def addr_info(lab, ifname: str) -> dict[str, dict]:
