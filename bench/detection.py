@@ -116,9 +116,26 @@ def run_trial(peer: peerlib.Peer, injector: faultlib.Injector, kind: str, interv
     return trial
 
 
-def run_series(peer: peerlib.Peer, injector: faultlib.Injector, kind: str, interval_ms: float,
-               multiplier: int, trials: int, stream: UdpStream | None) -> dict:
-    results = []
+def run_series(series: dict, peer: peerlib.Peer, injector: faultlib.Injector, kind: str, interval_ms: float,
+               multiplier: int, trials: int, stream: UdpStream | None) -> None:
+    """Fills ``series`` in place, so an interrupted run still reports the trials it completed."""
+    results = series["trials"] = []
+    try:
+        _trials(results, peer, injector, kind, interval_ms, multiplier, trials, stream)
+    finally:
+        ok = [t for t in results if "error" not in t]
+        series.update({
+            "detection_ms": stats([t["detection_ms"] for t in ok]),
+            "detection_b_ms": stats([t["detection_b_ms"] for t in ok if t.get("detection_b_ms") is not None]),
+            "recovery_ms": stats([t["recovery_ms"] for t in ok if t.get("recovery_ms") is not None]) if stream else None,
+            "recovery_note": None if stream else f"{peer.name} only detects; it moves no traffic",
+            "inject_us": stats([t["inject_us"] for t in results if "inject_us" in t]),
+            "failed": len(results) - len(ok),
+        })
+
+
+def _trials(results: list, peer: peerlib.Peer, injector: faultlib.Injector, kind: str, interval_ms: float,
+            multiplier: int, trials: int, stream: UdpStream | None) -> None:
     failures_in_row = 0
     for i in range(trials):
         if not peer.wait_up(UP_TIMEOUT_S):
@@ -136,27 +153,22 @@ def run_series(peer: peerlib.Peer, injector: faultlib.Injector, kind: str, inter
               + (f", recovery {trial['recovery_ms']} ms" if "recovery_ms" in trial else ""), flush=True)
         if failures_in_row >= MAX_CONSECUTIVE_FAILURES:
             break
-    ok = [t for t in results if "error" not in t]
-    return {
-        "detection_ms": stats([t["detection_ms"] for t in ok]),
-        "detection_b_ms": stats([t["detection_b_ms"] for t in ok if t.get("detection_b_ms") is not None]),
-        "recovery_ms": stats([t["recovery_ms"] for t in ok if t.get("recovery_ms") is not None]) if stream else None,
-        "recovery_note": None if stream else f"{peer.name} only detects; it moves no traffic",
-        "inject_us": stats([t["inject_us"] for t in results if "inject_us" in t]),
-        "failed": len(results) - len(ok),
-        "trials": results,
-    }
 
 
-def run_peer(name: str, interval_ms: float, multiplier: int, kinds: list[str], trials: int,
-             cpu_seconds: float) -> dict:
-    run = {"peer": name, "interval_ms": interval_ms, "multiplier": multiplier}
+def run_peer(run: dict, kinds: list[str], trials: int, cpu_seconds: float) -> None:
+    """Fills ``run`` ({"peer", "interval_ms", "multiplier"}) in place with status and series."""
+    name, interval_ms, multiplier = run["peer"], run["interval_ms"], run["multiplier"]
+    run["status"] = "interrupted"  # until it ends otherwise
+    # Other work on the host (other labs toggling links, builds) shows in the figures: record it.
+    run["loadavg_at_start"] = os.getloadavg()
     try:
         peer = peerlib.load(name)
     except peerlib.PeerUnavailable as exc:
-        return {**run, "status": "unavailable", "reason": str(exc)}
+        run.update({"status": "unavailable", "reason": str(exc)})
+        return
     if interval_ms < peer.min_interval_ms:
-        return {**run, "status": "not supported", "reason": f"{name}'s minimum interval is {peer.min_interval_ms:g} ms"}
+        run.update({"status": "not supported", "reason": f"{name}'s minimum interval is {peer.min_interval_ms:g} ms"})
+        return
     lab = labnet.TwoNodeLab.create("bd")
     injector = stream = None
     try:
@@ -165,24 +177,33 @@ def run_peer(name: str, interval_ms: float, multiplier: int, kinds: list[str], t
             peer.start(lab, interval_ms, multiplier)
         except (peerlib.PeerUnavailable, peerlib.NotSupported) as exc:
             status = "not supported" if isinstance(exc, peerlib.NotSupported) else "unavailable"
-            return {**run, "status": status, "reason": str(exc)}
+            run.update({"status": status, "reason": str(exc)})
+            return
         try:
             up = peer.wait_up(UP_TIMEOUT_S)
         except peerlib.PeerUnavailable as exc:
-            return {**run, "status": "error", "reason": str(exc)}
+            run.update({"status": "error", "reason": str(exc)})
+            return
         if not up:
-            return {**run, "status": "error", "reason": f"never came up within {UP_TIMEOUT_S:g} s"}
+            run.update({"status": "error", "reason": f"never came up within {UP_TIMEOUT_S:g} s"})
+            return
         run["cpu_at_rest_percent"] = peer.cpu_at_rest(cpu_seconds)
         run["cpu_window_s"] = cpu_seconds
         if peer.moves_traffic and peer.service_addresses():
             src, dst = peer.service_addresses()
             stream = UdpStream(lab.a.name, lab.b.name, src, dst)
             if not stream.wait_flowing(5.0):
-                return {**run, "status": "error", "reason": f"no UDP traffic {src} -> {dst}"}
-        run["faults"] = {kind: run_series(peer, injector, kind, interval_ms, multiplier, trials, stream)
-                         for kind in kinds}
+                run.update({"status": "error", "reason": f"no UDP traffic {src} -> {dst}"})
+                return
+        run["faults"] = {}
+        try:
+            for kind in kinds:
+                run["faults"][kind] = {}
+                run_series(run["faults"][kind], peer, injector, kind, interval_ms, multiplier, trials, stream)
+        except (peerlib.PeerUnavailable, faultlib.FaultError) as exc:
+            run.update({"status": "error", "reason": f"series aborted: {exc}"})
+            return
         run["status"] = "ok"
-        return run
     finally:
         if stream:
             run["stream"] = stream.close()
@@ -246,6 +267,7 @@ def print_summary(result: dict) -> None:
         setting = f"{run['interval_ms']:g}x{run['multiplier']}"
         if run.get("status") != "ok":
             print(f"{run['peer']:<6} {setting:<8} {run.get('status')}: {run.get('reason', '')}")
+        if not run.get("faults"):
             continue
         cpu = run.get("cpu_at_rest_percent", {})
         for kind, s in run["faults"].items():
@@ -281,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--trials must be at least 1")
     random.seed(args.seed)
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)  # also when started with SIGINT ignored (a background job)
     labnet.sweep_stale()
 
     offset_at_start = _wall_minus_mono_ns()
@@ -290,7 +313,9 @@ def main(argv: list[str] | None = None) -> int:
         for interval_ms, multiplier in args.settings:
             for name in args.peers:
                 print(f"{name} at {interval_ms:g} ms x {multiplier}", flush=True)
-                result["runs"].append(run_peer(name, interval_ms, multiplier, args.faults, args.trials, args.cpu_seconds))
+                run = {"peer": name, "interval_ms": interval_ms, "multiplier": multiplier}
+                result["runs"].append(run)
+                run_peer(run, args.faults, args.trials, args.cpu_seconds)
     except KeyboardInterrupt:
         result["interrupted"] = True
         print("interrupted: writing what was measured", file=sys.stderr)
