@@ -6,7 +6,8 @@ its thread SCHED_FIFO (``Prober(cfg, rt_priority=10)``), which shows what a busy
 Two namespaces joined by two veth pairs (hanet.labnet.TwoNodeLab). Each node runs in its own
 process (``ip netns exec``), both nodes with the same implementation, and node a reports:
 
-* send lateness (time a request left after its absolute deadline) p50/p99/max at 1 ms and 10 ms;
+* send lateness (time a request left after its absolute deadline) p50/p99/max at 1 ms and 10 ms,
+  and the request/reply round-trip time there;
 * CPU % of one core at rest, two paths at 10 ms (getrusage of the node process over a window),
   with the carrier polled every 10 ms and every 1 ms;
 * request/reply rate: a sweep of shrinking intervals on one path; the maximum is the highest
@@ -94,6 +95,8 @@ class PythonLoop:
         self.received = [0] * len(nics)
         self.lag: list[list[int]] = [[] for _ in nics]
         self.outstanding = [0] * len(nics)
+        self.sent_ns = [0] * len(nics)
+        self.rtt: list[int] = []
         self.carrier = [True] * len(nics)
         self.top = [0] * len(nics)
 
@@ -117,7 +120,7 @@ class PythonLoop:
                 data = sock.recv(256)
             except BlockingIOError:
                 return
-            reason, f = frame.decode(self.key, data)
+            _, f = frame.decode(self.key, data)
             if f is None or f.node_id != self.peer or f.path != i or f.seq <= self.top[i]:
                 continue
             self.top[i] = f.seq
@@ -126,6 +129,7 @@ class PythonLoop:
             elif f.kind == frame.KIND_REPLY and f.echo_seq == self.outstanding[i]:
                 self.outstanding[i] = 0
                 self.received[i] += 1
+                self.rtt.append(time.monotonic_ns() - self.sent_ns[i])
 
     def run(self, seconds: float, active: tuple[int, ...]) -> None:
         poller = select.poll()
@@ -144,6 +148,7 @@ class PythonLoop:
             for i in active:
                 if now >= next_send[i]:
                     self.lag[i].append(time.monotonic_ns() - next_send[i])
+                    self.sent_ns[i] = time.monotonic_ns()
                     self.outstanding[i] = self.send(i, frame.KIND_REQUEST)
                     self.sent[i] += 1
                     next_send[i] += self.interval_ns * max(1, math.ceil((now - next_send[i] + 1) / self.interval_ns))
@@ -178,10 +183,13 @@ def run_node(args) -> dict:
         before, cpu0, t0 = prober.stats(), cpu_seconds(), time.monotonic()
         time.sleep(args.seconds)
         after, cpu1, t1 = prober.stats(), cpu_seconds(), time.monotonic()
-        lags = []
+        lags, rtts = [], []
         for i in active:
+            samples = prober.samples(i)
             fresh = after[i]["sent"] - before[i]["sent"]
-            lags += prober.samples(i)["send_lag_ns"][-fresh:] if fresh else []
+            lags += samples["send_lag_ns"][-fresh:] if fresh else []
+            fresh = after[i]["received"] - before[i]["received"]
+            rtts += samples["rtt_ns"][-fresh:] if fresh else []
         prober.stop()
         sent = sum(after[i]["sent"] - before[i]["sent"] for i in active)
         received = sum(after[i]["received"] - before[i]["received"] for i in active)
@@ -192,14 +200,16 @@ def run_node(args) -> dict:
         loop.run(args.warmup, active)
         sent0, recv0 = sum(loop.sent), sum(loop.received)
         marks = [len(lag) for lag in loop.lag]
+        rtt_mark = len(loop.rtt)
         cpu0, t0 = cpu_seconds(), time.monotonic()
         loop.run(args.seconds, active)
         cpu1, t1 = cpu_seconds(), time.monotonic()
         sent, received = sum(loop.sent) - sent0, sum(loop.received) - recv0
         lags = [x for i in active for x in loop.lag[i][marks[i]:]]
+        rtts = loop.rtt[rtt_mark:]
     return {"sent_per_s": round(sent / (t1 - t0)), "replies_per_s": round(received / (t1 - t0)),
             "reply_ratio": round(received / sent, 4) if sent else 0.0,
-            "send_lateness": summary(lags), "cpu_percent": round(100 * (cpu1 - cpu0) / (t1 - t0), 2)}
+            "send_lateness": summary(lags), "rtt": summary(rtts), "cpu_percent": round(100 * (cpu1 - cpu0) / (t1 - t0), 2)}
 
 
 def timer_floor(impl: str, period_ms: float, seconds: float) -> dict:
@@ -295,6 +305,8 @@ def report(results: dict) -> None:
         for q in ("p50_us", "p99_us", "max_us"):
             row(f"send lateness at {interval} ms, {q}", lambda r: r[key]["send_lateness"][q])
         row(f"  reply ratio at {interval} ms", lambda r: r[key]["reply_ratio"])
+        for q in ("p50_us", "p99_us"):
+            row(f"  RTT at {interval} ms, {q}", lambda r: r[key]["rtt"][q])
     for poll in ("10", "1"):
         key = f"rest_10ms_poll_{poll}ms"
         row(f"CPU % at rest, 2 paths @10 ms, poll {poll} ms", lambda r: r[key]["cpu_percent"])

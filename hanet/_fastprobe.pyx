@@ -243,6 +243,7 @@ cdef extern from * nogil:
     uint16_t htons(uint16_t v)
     unsigned int if_nametoindex(const char *name)
     char *strerror(int errnum)
+    void qsort(void *base, size_t n, size_t size, int (*cmp)(const void *, const void *) noexcept nogil)
 
     EVP_MAC_CTX *hn_mac_new(const unsigned char *key, size_t key_len)
     int hn_mac(EVP_MAC_CTX *ctx, const unsigned char *data, size_t n, unsigned char *out, size_t out_len)
@@ -764,9 +765,6 @@ cdef void poll_carrier(Core *c, int64_t now) noexcept nogil:
 cdef int cmp_i64(const void *a, const void *b) noexcept nogil:
     cdef int64_t x = (<const int64_t *>a)[0], y = (<const int64_t *>b)[0]
     return (x > y) - (x < y)
-
-cdef extern from "stdlib.h" nogil:
-    void qsort(void *base, size_t n, size_t size, int (*cmp)(const void *, const void *) noexcept nogil)
 
 
 cdef void quality_window(Core *c, int i, int64_t now) noexcept nogil:
