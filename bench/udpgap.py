@@ -88,8 +88,28 @@ class _Arrivals:
                     "lost": self.seqs[i] - self.seqs[i - 1] - 1}
 
 
+CMSG_SPACE = socket.CMSG_SPACE(16)
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux asm-generic; the socket module may lack it
+
+
+def kernel_arrival_ns(ancdata) -> int:
+    """The kernel's receive stamp of a datagram on CLOCK_MONOTONIC.
+
+    Stamping in user space would date a datagram when this process got to read it: a receiver
+    scheduled late moves arrivals past the fault time and the gap meter measures the wrong gap.
+    SO_TIMESTAMPNS stamps CLOCK_REALTIME; the offset to CLOCK_MONOTONIC is read right after.
+    """
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+            sec, nsec = struct.unpack("qq", data[:16])
+            offset = time.clock_gettime_ns(time.CLOCK_REALTIME) - time.monotonic_ns()
+            return sec * 1_000_000_000 + nsec - offset
+    return time.monotonic_ns()
+
+
 def run_receiver(bind: str, port: int, duration_s: float) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     sock.bind((bind, port))
     sock.settimeout(0.1)
     arrivals = _Arrivals()
@@ -99,10 +119,10 @@ def run_receiver(bind: str, port: int, duration_s: float) -> None:
         end = time.monotonic() + duration_s
         while not stop.is_set() and time.monotonic() < end:
             try:
-                data = sock.recv(64)
+                data, ancdata, _, _ = sock.recvmsg(64, CMSG_SPACE)
             except TimeoutError:
                 continue
-            t = time.monotonic_ns()
+            t = kernel_arrival_ns(ancdata)
             if len(data) == DATAGRAM.size:
                 arrivals.add(t, DATAGRAM.unpack(data)[0])
         stop.set()

@@ -395,6 +395,7 @@ cdef enum:
     RECV_BATCHES = 4        # recvmmsg() calls per socket per wake, so one busy path cannot starve others
     NOTICE_COPIES = 3
     NOTICE_GAP_NS = 2000000
+    REPLY_TIMEOUT_FLOOR_NS = 250000   # the adaptive reply timeout never goes below 250 us
 
 cdef enum:
     STATE_UNKNOWN = 0
@@ -433,8 +434,12 @@ cdef struct Path:
     # prober
     int64_t next_send
     bint outstanding
+    bint out_missed         # the outstanding request's reply deadline has passed (miss counted)
     uint64_t out_seq
     int64_t out_sent_ns
+    int64_t reply_deadline
+    int64_t srtt            # smoothed RTT and its mean deviation (RFC 6298), for the auto timeout
+    int64_t rttvar
     int state
     int misses
     int oks
@@ -485,6 +490,7 @@ cdef struct Core:
     uint8_t node_id[NODE_ID_LEN]
     uint8_t peer_id[NODE_ID_LEN]
     int64_t interval_ns
+    int64_t reply_timeout_ns  # 0: adaptive, srtt + 4 rttvar within [floor, interval]
     int64_t poll_ns
     int64_t quality_ns
     int multiplier
@@ -617,6 +623,7 @@ cdef void on_reply(Core *c, int i, int64_t now, int64_t rtt) noexcept nogil:
     p.last_reply_ns = now
     p.rtt[p.rtt_n % SAMPLES] = rtt
     p.rtt_n += 1
+    update_rto(p, rtt)
     if rtt > p.rtt_max:
         p.rtt_max = rtt
     if p.state == STATE_SUSPECT:
@@ -631,17 +638,55 @@ cdef void on_reply(Core *c, int i, int64_t now, int64_t rtt) noexcept nogil:
         reset_window(p)
 
 
+cdef void update_rto(Path *p, int64_t rtt) noexcept nogil:
+    cdef int64_t err
+    if p.srtt == 0:
+        p.srtt, p.rttvar = rtt, rtt // 2
+        return
+    err = rtt - p.srtt
+    p.srtt += err // 8
+    p.rttvar += ((err if err > 0 else -err) - p.rttvar) // 4
+
+
+cdef int64_t reply_timeout(Core *c, Path *p) noexcept nogil:
+    """How long the request that would be the last miss before "lost" waits for its reply.
+
+    Earlier requests get the whole interval (a reply is matched until the next request goes), so
+    a late reply or a burst of junk frames never raises a suspect. The last one gets only this:
+    waiting a whole interval there too would put detection at up to (multiplier + 1) intervals
+    after a fault; a timeout near the RTT brings it to multiplier intervals after the last reply
+    plus the timeout, which is BFD's detection time.
+    """
+    cdef int64_t t = c.reply_timeout_ns
+    if t == 0:
+        t = p.srtt + 4 * p.rttvar if p.srtt > 0 else c.interval_ns
+        if t < REPLY_TIMEOUT_FLOOR_NS:
+            t = REPLY_TIMEOUT_FLOOR_NS
+    return t if t < c.interval_ns else c.interval_ns
+
+
+cdef void reply_overdue(Core *c, int i, int64_t now) noexcept nogil:
+    """The outstanding request of path ``i`` got no reply in time: count the miss once."""
+    c.paths[i].out_missed = True
+    on_miss(c, i, now)
+
+
 cdef void tick(Core *c, int i) noexcept nogil:
-    """The request deadline of path ``i`` has come: an unanswered previous request is a miss."""
+    """The request deadline of path ``i`` has come: send the next request."""
     cdef Path *p = &c.paths[i]
     cdef int64_t now = mono_ns()
     cdef int64_t lag = now - p.next_send
-    if p.outstanding:
-        on_miss(c, i, now)
+    if p.outstanding and not p.out_missed:
+        reply_overdue(c, i, now)
     c.seq += 1
     p.outstanding = True
+    p.out_missed = False
     p.out_seq = c.seq
     p.out_sent_ns = mono_ns()
+    if p.misses + 1 >= c.multiplier:
+        p.reply_deadline = p.out_sent_ns + reply_timeout(c, p)
+    else:
+        p.reply_deadline = p.out_sent_ns + c.interval_ns
     send_frame(c, i, KIND_REQUEST, 0, c.seq, p.out_sent_ns, 0, 0)
     p.sent += 1
     p.lag[p.lag_n % SAMPLES] = lag
@@ -806,6 +851,8 @@ cdef int64_t service(Core *c) noexcept nogil:
     nxt = c.next_poll
     for i in range(c.npaths):
         p = &c.paths[i]
+        if p.outstanding and not p.out_missed and now >= p.reply_deadline:
+            reply_overdue(c, i, now)
         if now >= p.next_send:
             tick(c, i)
         if p.notice_left > 0 and now >= p.notice_next:
@@ -818,6 +865,8 @@ cdef int64_t service(Core *c) noexcept nogil:
             quality_window(c, i, now)
         if p.next_send < nxt:
             nxt = p.next_send
+        if p.outstanding and not p.out_missed and p.reply_deadline < nxt:
+            nxt = p.reply_deadline
         if p.notice_left > 0 and p.notice_next < nxt:
             nxt = p.notice_next
         if c.quality_ns > 0 and p.q_next < nxt:
@@ -907,7 +956,8 @@ cdef class Engine:
 
     def __cinit__(self, *, str node_id, str peer_id, bytes key, paths, double interval_ms,
                   int multiplier, int recover_count, int ethertype, int replay_window,
-                  double poll_interval_ms, double quality_window_ms=0.0, int rt_priority=0):
+                  double poll_interval_ms, double quality_window_ms=0.0, int rt_priority=0,
+                  double reply_timeout_ms=0.0):
         cdef int i
         if not 1 <= len(paths) <= MAX_PATHS:
             raise ValueError(f"between 1 and {MAX_PATHS} paths are supported")
@@ -925,6 +975,7 @@ cdef class Engine:
         self.c.npaths = len(paths)
         self.c.ethertype = ethertype
         self.c.interval_ns = <int64_t>(interval_ms * 1e6)
+        self.c.reply_timeout_ns = <int64_t>(reply_timeout_ms * 1e6)
         self.c.poll_ns = <int64_t>(poll_interval_ms * 1e6)
         self.c.quality_ns = <int64_t>(quality_window_ms * 1e6)
         self.c.multiplier = multiplier
@@ -1092,24 +1143,38 @@ cdef class Engine:
         return self.c.paths[i].carrier == 1
 
     def snapshot(self, int i):
-        """Counters and sample rings (oldest first) of path ``i``, copied under the lock."""
-        cdef Path *p
+        """Counters and sample rings (oldest first) of path ``i``.
+
+        The path is copied under the lock and turned into Python objects after it is released:
+        building lists of thousands of samples under the lock would stall the probe loop (and
+        show up as late replies).
+        """
+        cdef Path *copy = <Path *>malloc(sizeof(Path))
         cdef uint64_t k, n_rtt, n_lag
-        self._path(i)
-        pthread_mutex_lock(&self.c.lock)
-        p = &self.c.paths[i]
-        n_rtt = p.rtt_n if p.rtt_n < SAMPLES else SAMPLES
-        n_lag = p.lag_n if p.lag_n < SAMPLES else SAMPLES
-        out = {
-            "interface": self.names[i], "ifindex": p.ifindex, "state": STATES[p.state],
-            "paused": bool(p.paused), "sent": p.sent, "received": p.received,
-            "answered": p.answered, "send_errors": p.send_errors,
-            "notices_sent": p.notices_sent, "notices_received": p.notices_received,
-            "drops": {DROP_REASONS[k]: p.drops[k] for k in range(N_DROPS) if p.drops[k]},
-            "carrier": p.carrier == 1, "last_reply_ns": p.last_reply_ns,
-            "rtt_max_ns": p.rtt_max, "send_lag_max_ns": p.lag_max,
-            "rtt_samples": [p.rtt[(p.rtt_n - n_rtt + k) % SAMPLES] for k in range(n_rtt)],
-            "lag_samples": [p.lag[(p.lag_n - n_lag + k) % SAMPLES] for k in range(n_lag)],
-        }
-        pthread_mutex_unlock(&self.c.lock)
-        return out
+        cdef int64_t timeout
+        cdef Path *p
+        if copy == NULL:
+            raise MemoryError()
+        try:
+            self._path(i)
+            with nogil:
+                pthread_mutex_lock(&self.c.lock)
+                memcpy(copy, &self.c.paths[i], sizeof(Path))
+                timeout = reply_timeout(self.c, copy)
+                pthread_mutex_unlock(&self.c.lock)
+            p = copy
+            n_rtt = p.rtt_n if p.rtt_n < SAMPLES else SAMPLES
+            n_lag = p.lag_n if p.lag_n < SAMPLES else SAMPLES
+            return {
+                "interface": self.names[i], "ifindex": p.ifindex, "state": STATES[p.state],
+                "paused": bool(p.paused), "sent": p.sent, "received": p.received,
+                "answered": p.answered, "send_errors": p.send_errors,
+                "notices_sent": p.notices_sent, "notices_received": p.notices_received,
+                "drops": {DROP_REASONS[k]: p.drops[k] for k in range(N_DROPS) if p.drops[k]},
+                "carrier": p.carrier == 1, "last_reply_ns": p.last_reply_ns,
+                "rtt_max_ns": p.rtt_max, "send_lag_max_ns": p.lag_max, "reply_timeout_ns": timeout,
+                "rtt_samples": [p.rtt[(p.rtt_n - n_rtt + k) % SAMPLES] for k in range(n_rtt)],
+                "lag_samples": [p.lag[(p.lag_n - n_lag + k) % SAMPLES] for k in range(n_lag)],
+            }
+        finally:
+            free(copy)

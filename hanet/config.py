@@ -42,6 +42,7 @@ class HeartbeatConfig:
     interval_ms: float = 10.0
     multiplier: int = 3
     recover_count: int = 3
+    reply_timeout_ms: float = 0.0  # last miss's wait; 0 = auto: from the RTT (RFC 6298), 0.25 ms to interval_ms
     ethertype: int = 0x88B5
     key_file: str = "/etc/hanet/heartbeat.key"
     replay_window: int = 64
@@ -253,6 +254,16 @@ def _ip_list(sec: _Section, name: str, check: Callable[[str], str]) -> tuple[str
     return tuple(items)
 
 
+def _reply_timeout(hb: _Section) -> float:
+    """``"auto"`` (0.0) or a fixed time in ms."""
+    def check(v) -> str:
+        if isinstance(v, str):
+            return "" if v == "auto" else f"must be \"auto\" or a number of ms; got {v!r}"
+        return _range(v, 0.01, 60000)
+    value = hb.get("reply_timeout_ms", (str, int, float), "auto", check)
+    return 0.0 if value == "auto" else float(value)
+
+
 def _read_key(file: str, key_file: str, base_dir: str) -> bytes:
     path = key_file if os.path.isabs(key_file) else os.path.join(base_dir, key_file)
     try:
@@ -312,11 +323,15 @@ def parse(text: str, file: str = "<config>", base_dir: str = ".",
         interval_ms=float(hb.number("interval_ms", d.interval_ms, 0.5, 60000)),
         multiplier=hb.number("multiplier", d.multiplier, 1, 255, integer=True),
         recover_count=hb.number("recover_count", d.recover_count, 1, 1000, integer=True),
+        reply_timeout_ms=_reply_timeout(hb),
         ethertype=hb.number("ethertype", d.ethertype, 0x0600, 0xFFFF, integer=True),
         key_file=hb.get("key_file", str, d.key_file),
         replay_window=hb.number("replay_window", d.replay_window, 1, 1024, integer=True),
     )
     hb.done()
+    if heartbeat.reply_timeout_ms > heartbeat.interval_ms:
+        raise ConfigError(file, "heartbeat.reply_timeout_ms",
+                          f"{heartbeat.reply_timeout_ms} ms is longer than interval_ms ({heartbeat.interval_ms} ms)")
     if heartbeat.ethertype in (0x0800, 0x0806, 0x86DD, 0x8100, 0x88A8, 0x88CC):
         raise ConfigError(file, "heartbeat.ethertype", f"0x{heartbeat.ethertype:04X} belongs to another protocol")
     heartbeat = dataclasses.replace(heartbeat, key=_read_key(file, heartbeat.key_file, base_dir))

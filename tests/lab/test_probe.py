@@ -23,7 +23,8 @@ TOLERANCE_NS = 100_000_000  # generous: scheduling on a busy 2-core VM, nft star
 
 
 def node_config(tmp_path, node: str, peer: str, nics: tuple[str, str], *, poll_ms: float = 1.0,
-                quality_ms: float = 0.0, peer_macs: tuple[str, str] = ("", "")) -> config.Config:
+                quality_ms: float = 0.0, peer_macs: tuple[str, str] = ("", ""),
+                interval_ms: float = INTERVAL_MS, reply_timeout: str = '"auto"') -> config.Config:
     key_file = tmp_path / "heartbeat.key"
     if not key_file.exists():
         key_file.write_bytes(os.urandom(32).hex().encode())
@@ -41,8 +42,9 @@ name = "alternate"
 interface = "{nics[1]}"
 peer_mac = "{peer_macs[1]}"
 [heartbeat]
-interval_ms = {INTERVAL_MS}
+interval_ms = {interval_ms}
 multiplier = {MULTIPLIER}
+reply_timeout_ms = {reply_timeout}
 recover_count = 3
 key_file = "{key_file}"
 [link]
@@ -108,6 +110,39 @@ def lost_bound_ns() -> int:
     # Detection needs `multiplier` missed deadlines after the fault, plus up to one interval of
     # phase between the fault and the next deadline.
     return int((MULTIPLIER + 1) * INTERVAL_MS * 1e6) + TOLERANCE_NS
+
+
+def test_blackhole_is_declared_within_multiplier_intervals_plus_the_reply_timeout(lab, tmp_path):
+    # BFD's detection time: lost no later than multiplier x interval after the last reply, plus
+    # the reply timeout. Waiting a whole interval per reply would land anywhere up to one more
+    # interval later; a 100 ms interval makes that difference far larger than scheduling noise.
+    interval_ms, timeout_ms, slack_ns = 100.0, 5.0, 30_000_000
+    a, b = start_pair(lab, tmp_path, interval_ms=interval_ms, reply_timeout=str(timeout_ms))
+    try:
+        a.wait(model.HeartbeatRecovered, 0)
+        assert a.stats(0)["reply_timeout_ns"] == int(timeout_ms * 1e6)
+        t0 = time.monotonic_ns()
+        labnet.drop_ingress(a.ns, "nic1")
+        t1 = time.monotonic_ns()
+        lost = a.wait(model.HeartbeatLost, 0, after_ns=t0)
+        last_reply = a.stats(0)["last_reply_ns"]
+        assert last_reply < t1
+        bound = MULTIPLIER * interval_ms * 1e6 + timeout_ms * 1e6 + slack_ns
+        assert lost.t_ns - last_reply <= bound, (lost.t_ns - last_reply) / 1e6
+        suspect = a.find(model.HeartbeatSuspect, 0, after_ns=t0)
+        # The first miss waits a whole interval: a slow reply alone never raises a suspect.
+        assert suspect is not None and suspect.t_ns - last_reply <= 2 * interval_ms * 1e6 + slack_ns
+    finally:
+        a.prober.stop()
+        b.prober.stop()
+
+
+def test_auto_reply_timeout_follows_the_rtt(pair):
+    a, _ = pair
+    wait_for("RTT samples", lambda: a.stats(0)["received"] >= 20)
+    timeout = a.stats(0)["reply_timeout_ns"]
+    # A veth RTT is tens of microseconds: the timeout sits at its floor, far below the interval.
+    assert 250_000 <= timeout < INTERVAL_MS * 1e6 / 4
 
 
 def test_replies_flow_and_rtt_is_reported(pair):

@@ -35,6 +35,9 @@ def test_example_file_is_valid_and_documents_every_key(keyfile):
     assert [p.interface for p in cfg.paths] == ["nic1", "nic3"]
     assert cfg.heartbeat.key.startswith(b"0123")
     assert cfg.identity.broadcast_address == "192.0.2.255"
+    assert cfg.heartbeat.reply_timeout_ms == 0.0  # "auto"
+    fixed = config.parse(example(keyfile, **{'reply_timeout_ms = "auto"': "reply_timeout_ms = 2"}))
+    assert fixed.heartbeat.reply_timeout_ms == 2.0
     # Every dataclass field appears as a key in the example (the key itself is read from key_file).
     keys = set(re.findall(r"^\s*([a-z_0-9]+)\s*=", EXAMPLE, re.M))
     for section in (config.HeartbeatConfig, config.LinkConfig, config.FailoverConfig, config.FailbackConfig,
@@ -52,6 +55,9 @@ BAD = [
     ({'multiplier = 3 ': 'multiplier = true '}, "heartbeat.multiplier", "must be int"),
     ({'multiplier = 3 ': 'multiplier = 0 '}, "heartbeat.multiplier", "out of range"),
     ({'interval_ms = 10.0': 'interval_ms = 0.01'}, "heartbeat.interval_ms", "out of range"),
+    ({'reply_timeout_ms = "auto"': 'reply_timeout_ms = "soon"'}, "heartbeat.reply_timeout_ms", '"auto" or a number'),
+    ({'reply_timeout_ms = "auto"': 'reply_timeout_ms = 20.0'}, "heartbeat.reply_timeout_ms", "longer than interval_ms"),
+    ({'reply_timeout_ms = "auto"': 'reply_timeout_ms = 0'}, "heartbeat.reply_timeout_ms", "out of range"),
     ({'address = "192.0.2.1/24"': 'address = "192.0.2.300/24"'}, "identity.address", "192.0.2.300"),
     ({'address = "192.0.2.1/24"': 'address = "192.0.2.1"'}, "identity.address", "prefix"),
     ({'vips = ["192.0.2.100/24"]': 'vips = ["nope"]'}, "identity.vips[0]", "does not appear"),
