@@ -80,9 +80,13 @@ class LinkWatch:
     def expect_removals(self, path: int, addresses: Iterable[str],
                         window_ns: int = EXPECT_WINDOW_NS) -> None:
         """hanet is about to delete ``addresses`` from ``path``'s NIC: do not report those."""
-        deadline = time.monotonic_ns() + window_ns
+        now = time.monotonic_ns()
         for address in addresses:
-            self._expected.setdefault((path, address), []).append(deadline)
+            # Expired entries go here too: a removal the kernel never reports to us (from a NIC
+            # that no longer holds the identity) is never consumed by _expected_now.
+            pending = [d for d in self._expected.get((path, address), []) if d > now]
+            pending.append(now + window_ns)
+            self._expected[(path, address)] = pending
 
     # ------------------------------------------------------------------ reading
     def drain(self) -> list[model.Event]:

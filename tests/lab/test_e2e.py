@@ -181,6 +181,43 @@ def test_sigterm_leaves_the_kernel_and_restart_resumes_without_moving(make_lab):
     assert carried(lab, "alpha") == before[0]
 
 
+def _stderr_says(lab: labmod.Lab, node: str, text: str, timeout_s: float = 5.0) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        tail = lab.stderr_tail(node, 40)
+        if text in tail:
+            return tail
+        time.sleep(0.02)
+    pytest.fail(f"{node} never logged {text!r}:\n{lab.stderr_tail(node)}")
+
+
+def test_sighup_applies_machine_parameters_names_restarts_and_survives_a_bad_file(make_lab):
+    lab = make_lab()
+    path = lab.config_path("alpha")
+    with open(path) as fh:
+        original = fh.read()
+    assert "hold_down_ms = 1500.0" in original and "interval_ms = 10.0" in original
+    with open(path, "w") as fh:
+        fh.write(original.replace("hold_down_ms = 1500.0", "hold_down_ms = 300.0")
+                 .replace("interval_ms = 10.0", "interval_ms = 20.0"))
+    os.kill(lab.pids["alpha"], signal.SIGHUP)
+    _stderr_says(lab, "alpha", "reloaded machine parameters; restart needed for: heartbeat")
+    configs = [e.record["cfg"] for e in reader.read_file(lab.log_path("alpha"), lambda d: None)
+               if e.record["k"] == "config"]
+    assert configs[-1]["failback_hold_ns"] == 300_000_000, configs[-1]
+
+    with open(path, "w") as fh:
+        fh.write(original.replace("hold_down_ms = 1500.0", "hold_down_ms = -1.0"))
+    os.kill(lab.pids["alpha"], signal.SIGHUP)
+    tail = _stderr_says(lab, "alpha", "reload rejected")
+    assert "failback.hold_down_ms" in tail
+    assert lab.daemon_alive("alpha") and lab.status("alpha")["state"] == "Monitoring"
+    # The rejected file changed nothing: the parameters from the good reload still hold.
+    configs = [e.record["cfg"] for e in reader.read_file(lab.log_path("alpha"), lambda d: None)
+               if e.record["k"] == "config"]
+    assert configs[-1]["failback_hold_ns"] == 300_000_000
+
+
 def test_operator_commands_over_the_control_socket(make_lab):
     from hanet import control
 
