@@ -70,6 +70,16 @@ def cpu_seconds() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+def wakeups() -> int:
+    """Voluntary context switches of every thread of this process: how often it slept and woke.
+    CPU % over wake-ups gives the cost of one wake-up, to set beside the host's timer floor."""
+    total = 0
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/status") as fh:
+            total += next(int(line.split()[1]) for line in fh if line.startswith("voluntary_ctxt_switches"))
+    return total
+
+
 # --------------------------------------------------------------------------- pure-Python loop
 class PythonLoop:
     """Prober + responder + carrier poll in plain Python, one thread, same frames as hanet."""
@@ -180,9 +190,9 @@ def run_node(args) -> dict:
                         rt_priority=RT_PRIORITY if args.impl == "cython-fifo" else 0)
         prober.start()
         time.sleep(args.warmup)
-        before, cpu0, t0 = prober.stats(), cpu_seconds(), time.monotonic()
+        before, cpu0, t0, w0 = prober.stats(), cpu_seconds(), time.monotonic(), wakeups()
         time.sleep(args.seconds)
-        after, cpu1, t1 = prober.stats(), cpu_seconds(), time.monotonic()
+        after, cpu1, t1, w1 = prober.stats(), cpu_seconds(), time.monotonic(), wakeups()
         lags, rtts = [], []
         for i in active:
             samples = prober.samples(i)
@@ -201,15 +211,17 @@ def run_node(args) -> dict:
         sent0, recv0 = sum(loop.sent), sum(loop.received)
         marks = [len(lag) for lag in loop.lag]
         rtt_mark = len(loop.rtt)
-        cpu0, t0 = cpu_seconds(), time.monotonic()
+        cpu0, t0, w0 = cpu_seconds(), time.monotonic(), wakeups()
         loop.run(args.seconds, active)
-        cpu1, t1 = cpu_seconds(), time.monotonic()
+        cpu1, t1, w1 = cpu_seconds(), time.monotonic(), wakeups()
         sent, received = sum(loop.sent) - sent0, sum(loop.received) - recv0
         lags = [x for i in active for x in loop.lag[i][marks[i]:]]
         rtts = loop.rtt[rtt_mark:]
     return {"sent_per_s": round(sent / (t1 - t0)), "replies_per_s": round(received / (t1 - t0)),
             "reply_ratio": round(received / sent, 4) if sent else 0.0,
-            "send_lateness": summary(lags), "rtt": summary(rtts), "cpu_percent": round(100 * (cpu1 - cpu0) / (t1 - t0), 2)}
+            "send_lateness": summary(lags), "rtt": summary(rtts), "cpu_percent": round(100 * (cpu1 - cpu0) / (t1 - t0), 2),
+            "wakeups_per_s": round((w1 - w0) / (t1 - t0)),
+            "cpu_us_per_wakeup": round(1e6 * (cpu1 - cpu0) / (w1 - w0), 1) if w1 > w0 else None}
 
 
 def timer_floor(impl: str, period_ms: float, seconds: float) -> dict:
@@ -224,8 +236,9 @@ def timer_floor(impl: str, period_ms: float, seconds: float) -> dict:
     else:
         from hanet import _fastprobe
         lags = _fastprobe.sleep_lateness(period_ms, count, RT_PRIORITY if impl == "cython-fifo" else 0)
-    cpu = round(100 * (cpu_seconds() - cpu0) / (time.monotonic() - t0), 2)
-    return {**summary(lags), "cpu_percent": cpu}
+    cpu_s, wall_s = cpu_seconds() - cpu0, time.monotonic() - t0
+    return {**summary(lags), "cpu_percent": round(100 * cpu_s / wall_s, 2),
+            "cpu_us_per_wakeup": round(1e6 * cpu_s / count, 1)}
 
 
 # --------------------------------------------------------------------------- orchestration
@@ -298,7 +311,7 @@ def report(results: dict) -> None:
     print(f"{'':<44}" + "".join(f"{impl:>20}" for impl in IMPLS))
     for interval in ("1", "10"):
         key = f"timer_floor_{interval}ms"
-        for q in ("p50_us", "p99_us", "max_us", "cpu_percent"):
+        for q in ("p50_us", "p99_us", "max_us", "cpu_percent", "cpu_us_per_wakeup"):
             row(f"host timer floor at {interval} ms, {q}", lambda r: r[key][q])
     for interval in ("1", "10"):
         key = f"lateness_{interval}ms"
@@ -310,6 +323,7 @@ def report(results: dict) -> None:
     for poll in ("10", "1"):
         key = f"rest_10ms_poll_{poll}ms"
         row(f"CPU % at rest, 2 paths @10 ms, poll {poll} ms", lambda r: r[key]["cpu_percent"])
+        row("  wake-ups/s, CPU us per wake-up", lambda r: f"{r[key]['wakeups_per_s']}, {r[key]['cpu_us_per_wakeup']}")
     for us in SWEEP_US:
         row(f"replies/s at {us} us interval (ratio)",
             lambda r: f"{r['rate_sweep'][f'{us}us']['replies_per_s']} ({r['rate_sweep'][f'{us}us']['reply_ratio']})")
