@@ -957,7 +957,7 @@ cdef class Engine:
     def __cinit__(self, *, str node_id, str peer_id, bytes key, paths, double interval_ms,
                   int multiplier, int recover_count, int ethertype, int replay_window,
                   double poll_interval_ms, double quality_window_ms=0.0, int rt_priority=0,
-                  double reply_timeout_ms=0.0):
+                  double reply_timeout_ms=0.0, unsigned long long seq_start=0):
         cdef int i
         if not 1 <= len(paths) <= MAX_PATHS:
             raise ValueError(f"between 1 and {MAX_PATHS} paths are supported")
@@ -983,8 +983,9 @@ cdef class Engine:
         self.c.window = replay_window
         self.c.rt_priority = rt_priority
         # Sequence numbers start at wall-clock ns, so a restarted node's frames are newer than
-        # anything its peer saw from it before.
-        self.c.seq = <uint64_t>hn_clock_ns(CLOCK_REALTIME)
+        # anything its peer saw from it before; the daemon passes a start that also survives the
+        # wall clock stepping back (hanet.seqfloor).
+        self.c.seq = seq_start if seq_start > 0 else <uint64_t>hn_clock_ns(CLOCK_REALTIME)
         self.names = []
         for i, (ifname, peer_mac) in enumerate(paths):
             raw = ifname.encode()

@@ -21,6 +21,7 @@ from . import config as config_mod
 from . import machine as M
 from .control import CommandError
 from . import model as m
+from . import seqfloor
 from .eventlog import reader as log_reader
 from .eventlog.writer import Writer
 
@@ -132,7 +133,11 @@ class Engine:
         self.dry_run = dry_run
         self.crash_after = os.environ.get(CRASH_ENV, "")
         self.netlink = NetlinkThread()
-        self.prober = prober or Prober(cfg)
+        if prober is None:
+            # Dry runs write nothing, this file included; their frames start at the wall clock.
+            seq_start = 0 if dry_run else seqfloor.reserve(seqfloor.path_for(cfg.eventlog.path), time.time_ns())
+            prober = Prober(cfg, seq_start=seq_start)
+        self.prober = prober
         self.netops = self.netlink.call(NetOps, cfg)
         self.linkwatch = self.netlink.call(LinkWatch, cfg) if cfg.link.netlink else None
         self.notifier = notifier or Notifier()

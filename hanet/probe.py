@@ -50,10 +50,11 @@ class Prober:
 
     ``rt_priority`` > 0 runs the loop thread SCHED_FIFO at that priority, so a busy host does not
     delay heartbeats (and cause false losses); it needs CAP_SYS_NICE, and without it the loop
-    runs at normal priority and ``realtime_error()`` tells why.
+    runs at normal priority and ``realtime_error()`` tells why. ``seq_start`` > 0 is the first
+    sequence number (hanet.seqfloor); 0 starts at the wall clock in ns.
     """
 
-    def __init__(self, cfg: Config, rt_priority: int = 0):
+    def __init__(self, cfg: Config, rt_priority: int = 0, seq_start: int = 0):
         hb = cfg.heartbeat
         self._engine = _fastprobe.Engine(
             node_id=cfg.node_id, peer_id=cfg.peer_id, key=hb.key,
@@ -62,7 +63,7 @@ class Prober:
             ethertype=hb.ethertype, replay_window=hb.replay_window,
             poll_interval_ms=cfg.link.poll_interval_ms,
             quality_window_ms=cfg.quality.window_ms if cfg.quality.enabled else 0.0,
-            rt_priority=rt_priority,
+            rt_priority=rt_priority, seq_start=seq_start,
         )
         self._names = [p.name for p in cfg.paths]
         self._thread: threading.Thread | None = None

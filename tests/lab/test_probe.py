@@ -9,7 +9,7 @@ import time
 import pytest
 from nsrun import in_netns, wait_for
 
-from hanet import config, frame, labnet, model
+from hanet import config, frame, labnet, model, seqfloor
 from hanet.probe import Prober
 
 pytestmark = pytest.mark.lab
@@ -59,9 +59,9 @@ address = "192.0.2.1/24"
 class Node:
     """A Prober started inside one namespace, with every event it has emitted so far."""
 
-    def __init__(self, ns: labnet.Netns, cfg: config.Config):
+    def __init__(self, ns: labnet.Netns, cfg: config.Config, seq_start: int = 0):
         self.ns, self.cfg = ns, cfg
-        self.prober = Prober(cfg)
+        self.prober = Prober(cfg, seq_start=seq_start)
         self.events: list[model.Event] = []
         with in_netns(ns.name):
             self.prober.start()
@@ -362,6 +362,39 @@ def test_restarted_peer_is_accepted_not_taken_for_a_replay(pair):
         assert not {"replay", "stale"} & a.stats(0)["drops"].keys()
     finally:
         restarted.prober.stop()
+
+
+def test_restart_after_the_wall_clock_stepped_back(pair, tmp_path):
+    # b restarts an hour "earlier" by the wall clock. Counting from the clock alone, all its frames
+    # are older than what a has seen and are dropped as stale; from the reserved floor they are not.
+    a, b = pair
+    floor_file = str(tmp_path / "beta.hlog.seq")
+    now = time.clock_gettime_ns(time.CLOCK_REALTIME)
+    hour_ago = now - 3600 * 10**9
+    started: list[Node] = []
+
+    def restart(seq_start: int) -> int:
+        (started[-1] if started else b).prober.stop()
+        # Lost first, so that coming back is an event.
+        wait_for("a to see path 0 lost", lambda: a.stats(0)["state"] == "lost")
+        t = time.monotonic_ns()
+        started.append(Node(b.ns, b.cfg, seq_start=seq_start))
+        return t
+
+    try:
+        t0 = restart(seqfloor.reserve(floor_file, now))
+        a.wait(model.HeartbeatRecovered, 0, after_ns=t0)
+
+        t1 = restart(hour_ago)
+        wait_for("stale drops", lambda: a.stats(0)["drops"].get("stale", 0) > 20)
+        assert a.find(model.HeartbeatRecovered, 0, after_ns=t1) is None
+
+        t2 = restart(seqfloor.reserve(floor_file, hour_ago))
+        a.wait(model.HeartbeatRecovered, 0, after_ns=t2)
+        a.wait(model.HeartbeatRecovered, 1, after_ns=t2)
+    finally:
+        for node in started:
+            node.prober.stop()
 
 
 def test_peer_mac_when_configured_must_match(lab, tmp_path):
