@@ -1143,6 +1143,15 @@ cdef class Engine:
         self._path(i)
         return self.c.paths[i].carrier == 1
 
+    def poll_carrier_now(self):
+        """Read every path's carrier bit now, on the calling thread, ahead of the loop's next
+        poll; changes are queued as link events like the loop's own."""
+        with nogil:
+            pthread_mutex_lock(&self.c.lock)
+            if self.c.ctl_fd >= 0:
+                poll_carrier(self.c, mono_ns())
+            pthread_mutex_unlock(&self.c.lock)
+
     def snapshot(self, int i):
         """Counters and sample rings (oldest first) of path ``i``.
 

@@ -113,6 +113,10 @@ class Prober:
     def carrier(self, path: int) -> bool:
         return self._engine.carrier(path)
 
+    def poll_carrier_now(self) -> None:
+        """Read the carrier bits at once (a few us); changes come out of ``drain()``."""
+        self._engine.poll_carrier_now()
+
     def realtime_error(self) -> int:
         """errno of switching the loop to SCHED_FIFO; 0 when done or not asked for."""
         return self._engine.realtime_error()

@@ -286,6 +286,23 @@ def test_carrier_loss_is_polled_within_two_periods(lab, tmp_path):
         b.prober.stop()
 
 
+def test_carrier_read_on_demand_does_not_wait_for_the_poll(lab, tmp_path):
+    # What the daemon does when a link notification arrives: read the bits now, not at the next poll.
+    a, b = start_pair(lab, tmp_path, poll_ms=60000.0)
+    try:
+        a.collect()
+        labnet.carrier_down(lab.b, "nic2")
+        assert a.find(model.LinkDown, 0) is None  # the loop's next poll is a minute away
+        t0 = time.monotonic_ns()
+        a.prober.poll_carrier_now()  # from the root namespace: the socket is bound to its own
+        down = a.find(model.LinkDown, 0)
+        assert down is not None and down.source == "poll" and down.t_ns >= t0
+        assert not a.prober.carrier(0) and a.prober.carrier(1)
+    finally:
+        a.prober.stop()
+        b.prober.stop()
+
+
 def test_vanished_interface_is_link_down_then_rebind_recovers(pair):
     a, b = pair
     t0 = time.monotonic_ns()
