@@ -433,11 +433,10 @@ cdef struct Path:
     int carrier             # last polled carrier bit
     # prober
     int64_t next_send
-    bint outstanding
-    bint out_missed         # the outstanding request's reply deadline has passed (miss counted)
+    bint outstanding        # a reply to out_seq is still accepted (until the next request)
     uint64_t out_seq
     int64_t out_sent_ns
-    int64_t reply_deadline
+    int64_t reply_deadline  # when out_seq's miss counts; 0 once it is answered or counted
     int64_t srtt            # smoothed RTT and its mean deviation (RFC 6298), for the auto timeout
     int64_t rttvar
     int state
@@ -667,7 +666,7 @@ cdef int64_t reply_timeout(Core *c, Path *p) noexcept nogil:
 
 cdef void reply_overdue(Core *c, int i, int64_t now) noexcept nogil:
     """The outstanding request of path ``i`` got no reply in time: count the miss once."""
-    c.paths[i].out_missed = True
+    c.paths[i].reply_deadline = 0
     on_miss(c, i, now)
 
 
@@ -676,11 +675,10 @@ cdef void tick(Core *c, int i) noexcept nogil:
     cdef Path *p = &c.paths[i]
     cdef int64_t now = mono_ns()
     cdef int64_t lag = now - p.next_send
-    if p.outstanding and not p.out_missed:
+    if p.reply_deadline:
         reply_overdue(c, i, now)
     c.seq += 1
     p.outstanding = True
-    p.out_missed = False
     p.out_seq = c.seq
     p.out_sent_ns = mono_ns()
     if p.misses + 1 >= c.multiplier:
@@ -762,6 +760,7 @@ cdef void on_frame(Core *c, int i, const uint8_t *buf, ssize_t n, sockaddr_ll *f
     elif f.kind == KIND_REPLY:
         if p.outstanding and f.echo_seq == p.out_seq:
             p.outstanding = False
+            p.reply_deadline = 0
             now = mono_ns()
             on_reply(c, i, now, now - p.out_sent_ns)
         else:
@@ -851,7 +850,7 @@ cdef int64_t service(Core *c) noexcept nogil:
     nxt = c.next_poll
     for i in range(c.npaths):
         p = &c.paths[i]
-        if p.outstanding and not p.out_missed and now >= p.reply_deadline:
+        if p.reply_deadline and now >= p.reply_deadline:
             reply_overdue(c, i, now)
         if now >= p.next_send:
             tick(c, i)
@@ -865,7 +864,7 @@ cdef int64_t service(Core *c) noexcept nogil:
             quality_window(c, i, now)
         if p.next_send < nxt:
             nxt = p.next_send
-        if p.outstanding and not p.out_missed and p.reply_deadline < nxt:
+        if p.reply_deadline and p.reply_deadline < nxt:
             nxt = p.reply_deadline
         if p.notice_left > 0 and p.notice_next < nxt:
             nxt = p.notice_next
@@ -1159,14 +1158,15 @@ cdef class Engine:
         building lists of thousands of samples under the lock would stall the probe loop (and
         show up as late replies).
         """
-        cdef Path *copy = <Path *>malloc(sizeof(Path))
+        cdef Path *copy
         cdef uint64_t k, n_rtt, n_lag
         cdef int64_t timeout
         cdef Path *p
+        self._path(i)
+        copy = <Path *>malloc(sizeof(Path))
         if copy == NULL:
             raise MemoryError()
         try:
-            self._path(i)
             with nogil:
                 pthread_mutex_lock(&self.c.lock)
                 memcpy(copy, &self.c.paths[i], sizeof(Path))

@@ -59,7 +59,8 @@ class Prober:
         self._engine = _fastprobe.Engine(
             node_id=cfg.node_id, peer_id=cfg.peer_id, key=hb.key,
             paths=[(p.interface, p.peer_mac) for p in cfg.paths],
-            interval_ms=hb.interval_ms, reply_timeout_ms=hb.reply_timeout_ms, multiplier=hb.multiplier, recover_count=hb.recover_count,
+            interval_ms=hb.interval_ms, reply_timeout_ms=hb.reply_timeout_ms,
+            multiplier=hb.multiplier, recover_count=hb.recover_count,
             ethertype=hb.ethertype, replay_window=hb.replay_window,
             poll_interval_ms=cfg.link.poll_interval_ms,
             quality_window_ms=cfg.quality.window_ms if cfg.quality.enabled else 0.0,
