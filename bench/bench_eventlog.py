@@ -31,7 +31,7 @@ EVENTS = (
 STEP = machine.Step(src="Monitoring", dst="Failing-Over", trigger="heartbeat.lost",
                     reason="heartbeats lost on the active path", active=1,
                     actions=(model.PauseMonitoring(id=1, path=0), model.DisableNic(id=2, path=0),
-                             model.ConfigureNic(id=3, path=1, from_path=0, mac="02:00:00:00:00:01"),
+                             model.ConfigureNic(id=3, path=1, from_path=0, layout=("02:00:00:00:00:01", "02:00:00:00:00:03")),
                              model.EnableNic(id=4, path=1), model.Announce(id=5, path=1, count=3),
                              model.MoveRoutes(id=6, path=1)))
 

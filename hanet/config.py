@@ -18,6 +18,7 @@ KEY_MIN_BYTES = 16
 CARRY_KINDS = ("ipv4", "broadcast", "mac", "vips", "ipv6", "routes")
 DURABILITY = ("transition", "every", "none")
 FAILBACK_POLICIES = ("auto", "manual")
+LOG_FAILURE_POLICIES = ("continue", "stop")
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 IFNAME_RE = re.compile(r"^[^\s/:]{1,15}$")
 
@@ -65,6 +66,7 @@ class FailoverConfig:
     announce_interval_ms: float = 50.0
     carry: tuple[str, ...] = CARRY_KINDS
     coordinate: bool = True
+    move_timeout_ms: float = 5000.0  # a move not done this long after it started is retried, then given up
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,7 @@ class EventLogConfig:
     durability: str = "transition"
     rotate_bytes: int = 64 * 1024 * 1024
     keep: int = 8
+    on_failure: str = "continue"  # the log cannot be written: "continue" acting (degraded) or "stop"
 
 
 @dataclass(frozen=True)
@@ -359,6 +362,7 @@ def parse(text: str, file: str = "<config>", base_dir: str = ".",
         announce_interval_ms=float(fo.number("announce_interval_ms", d3.announce_interval_ms, 0, 10000)),
         carry=tuple(carry),
         coordinate=fo.get("coordinate", bool, d3.coordinate),
+        move_timeout_ms=float(fo.number("move_timeout_ms", d3.move_timeout_ms, 100, 600000)),
     )
     fo.done()
 
@@ -418,6 +422,7 @@ def parse(text: str, file: str = "<config>", base_dir: str = ".",
         durability=el.get("durability", str, d5.durability, check=_one_of(DURABILITY)),
         rotate_bytes=el.number("rotate_bytes", d5.rotate_bytes, 4096, 1 << 40, integer=True),
         keep=el.number("keep", d5.keep, 1, 10000, integer=True),
+        on_failure=el.get("on_failure", str, d5.on_failure, check=_one_of(LOG_FAILURE_POLICIES)),
     )
     el.done()
 

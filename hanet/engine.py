@@ -1,8 +1,10 @@
-"""The imperative shell: one asyncio loop around the pure machine.
+"""The event pump: one asyncio loop around the pure machine.
 
 Sources (prober, link watcher, timers, control socket) produce events. ``handle()`` appends the
-event record, steps the machine, makes the transition durable, then carries out its actions in
-order; each kernel action's outcome comes back as an event, handled next. This is the only place
+event record, steps the machine, makes the transition durable, then has the shell
+(``hanet.shell``) carry out its actions; each kernel action's outcome comes back as an event,
+handled next. A log that cannot be written never stops an action (``eventlog.on_failure``
+"continue", the default): the daemon acts and reports its log degraded. This is the only place
 that reads the clock.
 """
 from __future__ import annotations
@@ -21,9 +23,12 @@ from . import config as config_mod
 from . import machine as M
 from .control import CommandError
 from . import model as m
+from . import operator as op
 from . import seqfloor
 from .eventlog import reader as log_reader
 from .eventlog.writer import Writer
+from .fold import fold_records
+from .shell import Shell
 
 log = logging.getLogger("hanet")
 
@@ -43,39 +48,27 @@ def fields_text(item: m.Event | m.Action) -> str:
     return kind + "".join(f" {k}={v}" for k, v in data.items())
 
 
-def restore_machine(cfg: config_mod.Config) -> tuple[M.Machine, int]:
-    """Fold this node's current log file (it starts with config + snapshot after a rotation).
+def restore_machine(cfg: config_mod.Config) -> tuple[M.Machine, int, list[str], int | None]:
+    """Fold this node's current log file (it starts with config + snapshot after a rotation) and
+    adapt the result to ``cfg``, exactly as the config record written next will when replayed.
 
-    Returns the machine and the number of records folded. Damage is logged, never fatal: every
-    intact record still counts.
+    Returns the machine, the number of events folded, what changed in the path list, and the
+    wall time of the last record. Damage is logged, never fatal: every intact record still counts.
     """
     params = M.Params.from_config(cfg)
-    mach: M.Machine | None = None
-    folded = 0
     if not os.path.exists(cfg.eventlog.path):
-        return M.Machine(params), 0
+        return M.Machine(params), 0, [], None
 
     def on_damage(damage) -> None:
         log.warning("eventlog damage %s", damage)
 
-    for entry in log_reader.read_file(cfg.eventlog.path, on_damage):
-        rec = entry.record
-        kind = rec.get("k")
-        if kind == "config":
-            if mach is None:
-                mach = M.Machine.from_params(rec["cfg"])
-        elif kind == "snapshot" and mach is not None and folded == 0:
-            mach.restore(rec["s"])
-        elif kind == "event" and mach is not None:
-            try:
-                mach.step(m.event_from_dict(rec["e"]))
-            except (ValueError, TypeError) as exc:
-                log.warning("eventlog record n=%s not replayable: %s", rec.get("n"), exc)
-            folded += 1
-    if mach is None:
-        return M.Machine(params), 0
-    mach.reconfigure(params)
-    return mach, folded
+    def on_error(rec, exc) -> None:
+        log.warning("eventlog record n=%s not replayable: %s", rec.get("n"), exc)
+
+    records = (entry.record for entry in log_reader.read_file(cfg.eventlog.path, on_damage))
+    folded = fold_records(records, on_error=on_error)
+    changes = folded.configure(params)
+    return folded.machine(), folded.events, changes, folded.last_wall
 
 
 class Timers:
@@ -141,17 +134,24 @@ class Engine:
         self.netops = self.netlink.call(NetOps, cfg)
         self.linkwatch = self.netlink.call(LinkWatch, cfg) if cfg.link.netlink else None
         self.notifier = notifier or Notifier()
-        self.machine, folded = restore_machine(cfg) if not dry_run else (M.Machine(M.Params.from_config(cfg)), 0)
-        self.restored_from = folded
+        if dry_run:
+            self.machine, self.restored_from, self.config_changes, self.last_wall = (
+                M.Machine(M.Params.from_config(cfg)), 0, [], None)
+        else:
+            self.machine, self.restored_from, self.config_changes, self.last_wall = restore_machine(cfg)
         self.writer: Writer | None = None
+        self.log_error: str = ""          # why the event log cannot be written ("" = healthy)
         self.queue: collections.deque[m.Event] = collections.deque()
         self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT_TRANSITIONS)
         self.started_mono = time.monotonic_ns()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.timers: Timers | None = None
+        self.shell: Shell | None = None
+        self.operator = op.Operator(cfg, self.submit, lambda: self.machine)
         self.control = None
         self.metrics = None
         self.pinger = None
+        self.exit_code = 0
         self._stop: asyncio.Event | None = None
         self._flags: set[str] = set()
         self._readers: list[int] = []
@@ -162,14 +162,23 @@ class Engine:
         self.loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self.timers = Timers(self.loop, lambda name: self.submit(m.TimerFired(t_ns=time.monotonic_ns(), name=name)))
+        self.shell = Shell(self._execute, self.prober, self.timers)
         for sig, flag in ((signal.SIGTERM, "stop"), (signal.SIGINT, "stop"), (signal.SIGHUP, "reload")):
             self.loop.add_signal_handler(sig, self._flag, flag)
         try:
             self._open_log()
+            for change in self.config_changes:
+                log.warning("configuration changed since the last run: %s", change)
             reconciled = self.netlink.call(self.netops.reconcile)
-            log.info("reconciled holder=%s carrier=%s found=%s restored_records=%d state=%s",
-                     reconciled.holder, list(reconciled.carrier), reconciled.found,
+            log.info("reconciled holder=%s carrier=%s present=%s found=%s restored_records=%d state=%s",
+                     reconciled.holder, list(reconciled.carrier), list(reconciled.present), reconciled.found,
                      self.restored_from, self.machine.state)
+            for mac, paths in reconciled.shared_macs.items():
+                log.warning("shared MAC found at start mac=%s paths=%s: the layout is repaired", mac, paths)
+            for i, present in enumerate(reconciled.present):
+                if not present:
+                    log.warning("interface missing at start path=%s interface=%s: marked gone",
+                                self.cfg.paths[i].name, self.cfg.paths[i].interface)
             self.prober.start()
             self.loop.add_reader(self.prober.fileno(), self._drain_prober)
             self._readers.append(self.prober.fileno())
@@ -180,7 +189,9 @@ class Engine:
                 self.loop.add_reader(fd, self._drain_linkwatch)
                 self._readers.append(fd)
             self.submit(m.DaemonStarted(t_ns=time.monotonic_ns(), holder=reconciled.holder,
-                                        carrier=tuple(reconciled.carrier), macs=tuple(reconciled.macs)))
+                                        carrier=tuple(reconciled.carrier), macs=tuple(reconciled.macs),
+                                        hw_macs=tuple(reconciled.hw_macs), present=tuple(reconciled.present),
+                                        down_ns=self._down_ns()))
             await self._start_services()
             # Start-up built pyroute2 and config objects that live as long as the daemon: move them
             # out of the collector's reach, so a collection during a failover scans only new ones.
@@ -190,9 +201,15 @@ class Engine:
             stats_task = asyncio.ensure_future(self._periodic_stats())
             await self._stop.wait()
             stats_task.cancel()
-            return 0
+            return self.exit_code
         finally:
             await self._shutdown()
+
+    def _down_ns(self) -> int:
+        """How long the daemon was not running, by the wall clock (0 if unknown or stepped back)."""
+        if self.last_wall is None:
+            return 0
+        return max(0, time.time_ns() - self.last_wall)
 
     def _flag(self, flag: str) -> None:
         # Signal handlers only set flags; the loop does the work.
@@ -209,9 +226,12 @@ class Engine:
     def _open_log(self) -> None:
         if self.dry_run:
             return
-        self.writer = Writer.from_config(self.cfg.eventlog, self.cfg.node_id,
-                                         params=lambda: self.machine.params.to_dict(),
-                                         snapshot=self.machine.snapshot)
+        try:
+            self.writer = Writer.from_config(self.cfg.eventlog, self.cfg.node_id,
+                                             params=lambda: self.machine.params.to_dict(),
+                                             snapshot=self.machine.snapshot)
+        except OSError as exc:
+            self._log_failed(exc)
 
     async def _start_services(self) -> None:
         from .control import ControlServer
@@ -247,7 +267,10 @@ class Engine:
         self.netlink.call(self.netops.close)
         self.netlink.close()
         if self.writer is not None:
-            self.writer.close()
+            try:
+                self.writer.close()
+            except OSError as exc:
+                self._log_failed(exc)
         log.info("stopped state=%s active=%s", self.machine.state, self.machine.active)
 
     def reload(self) -> None:
@@ -257,19 +280,50 @@ class Engine:
         except config_mod.ConfigError as exc:
             log.error("reload rejected: %s", exc)
             return
+        except Exception as exc:  # noqa: BLE001 - a reload must never take the daemon down
+            log.error("reload rejected: %s: %s", self.cfg.file, exc)
+            return
         needs_restart = [name for name in ("node_id", "peer_id", "paths", "identity", "heartbeat",
                                            "eventlog", "control", "metrics")
                          if getattr(new, name) != getattr(self.cfg, name)]
         if new.link.poll_interval_ms != self.cfg.link.poll_interval_ms or new.link.netlink != self.cfg.link.netlink:
             needs_restart.append("link")
         params = M.Params.from_config(new)
-        if params != self.machine.params:
+        if "paths" not in needs_restart and params != self.machine.params:
             self.machine.reconfigure(params)
-            if self.writer is not None:
-                self.writer.config(params.to_dict(), durable=True)
+            self._record(lambda w: w.config(params.to_dict(), durable=True))
         self.cfg = new if not needs_restart else self.cfg
         log.info("reloaded machine parameters%s",
                  f"; restart needed for: {', '.join(needs_restart)}" if needs_restart else "")
+
+    # ------------------------------------------------------------------ the event log
+    def _record(self, write: Callable[[Writer], int]) -> int:
+        """Append through the writer; a failure marks the log degraded and never stops an action."""
+        if self.writer is None:
+            return 0
+        try:
+            n = write(self.writer)
+        except OSError as exc:
+            self._log_failed(exc)
+            return 0
+        if self.log_error:
+            log.warning("eventlog writable again path=%s", self.cfg.eventlog.path)
+            self.log_error = ""
+            self.notifier.status(self.status_line())
+        return n
+
+    def _log_failed(self, exc: OSError) -> None:
+        reason = f"{os.strerror(exc.errno) if exc.errno else exc}"
+        if not self.log_error:
+            log.error("eventlog degraded path=%s error=%s: acting without a durable record",
+                      self.cfg.eventlog.path, reason)
+            self.log_error = reason
+            if self.notifier is not None:
+                self.notifier.status(self.status_line())
+        if self.cfg.eventlog.on_failure == "stop" and self._stop is not None:
+            log.error("eventlog.on_failure=stop: stopping")
+            self.exit_code = 1
+            self._stop.set()
 
     # ------------------------------------------------------------------ events
     def _drain_prober(self) -> None:
@@ -304,18 +358,21 @@ class Engine:
         return first
 
     def handle(self, ev: m.Event) -> M.Step:
-        cause = self.writer.event(ev) if self.writer else 0
+        cause = self._record(lambda w: w.event(ev))
         lag_us = (time.monotonic_ns() - ev.t_ns) / 1000
         step = self.machine.step(ev)
-        if step.changed and self.writer is not None:
-            self.writer.transition(step, cause)  # durable before any action runs
+        if step.changed:
+            self._record(lambda w: w.transition(step, cause))  # durable before any action runs
+        if self.exit_code and self.cfg.eventlog.on_failure == "stop":
+            return step  # the site chose no unlogged action
         if step.changed or not isinstance(ev, (m.ActionDone,)):
             log.info("event %s lag_us=%.0f", fields_text(ev), lag_us)
         if self.linkwatch is not None:
             self.linkwatch.set_holder(step.active)  # whose addresses vanishing is news
         if step.src != step.dst:
             self._on_transition(step, ev)
-        self._carry_out(step.actions)
+        if self.shell is not None:
+            self.queue.extend(self.shell.carry_out(step.actions))
         return step
 
     def _on_transition(self, step: M.Step, ev: m.Event) -> None:
@@ -330,39 +387,6 @@ class Engine:
             if isinstance(ev, m.HeartbeatLost) and ev.first_miss_ns:
                 detection = (ev.t_ns - ev.first_miss_ns) / 1e9
             self.metrics.observe_transition(step.src, step.dst, detection)
-
-    def _carry_out(self, actions: tuple[m.Action, ...]) -> None:
-        batch: list[m.Action] = []
-        for act in (*actions, None):
-            if isinstance(act, m.KERNEL_ACTIONS):
-                batch.append(act)
-                continue
-            if batch:
-                outcomes = self._execute(batch)
-                self.queue.extend(outcomes)
-                batch = []
-                if isinstance(outcomes[-1], m.ActionFailed):
-                    return  # later steps depend on this one; the machine decides what next
-            if act is None:
-                break
-            if isinstance(act, m.PauseMonitoring):
-                self.prober.pause(act.path)
-            elif isinstance(act, m.ResumeMonitoring):
-                self.prober.resume(act.path)
-            elif isinstance(act, m.RebindProbe):
-                self._rebind(act.path)
-            elif isinstance(act, m.StartTimer):
-                self.timers.start(act.name, act.deadline_ns)
-            elif isinstance(act, m.CancelTimer):
-                self.timers.cancel(act.name)
-            elif isinstance(act, m.SendNotice):
-                self.prober.send_notice(act.path, act.active)
-
-    def _rebind(self, path: int) -> None:
-        try:
-            self.prober.rebind(path)
-        except OSError as exc:  # gone again already: the next link.returned retries
-            log.error("probe rebind failed path=%d error=%r", path, exc.strerror)
 
     def _execute(self, batch: list[m.Action]) -> list[m.Event]:
         """Kernel steps in order, in one hop to the netlink thread, up to the first failure."""
@@ -395,31 +419,17 @@ class Engine:
             if self.metrics is not None:
                 self.metrics.update_paths(self.path_status())
             if self.writer is not None:
-                self.writer.flush()
+                self._record(lambda w: w.flush() or w.n)
 
     # ------------------------------------------------------------------ operators
     def status_line(self) -> str:
         active = self.machine.active
         name = self.cfg.paths[active].name if active is not None else "none"
-        return f"{self.machine.state} active={name}"
+        degraded = f" eventlog=degraded({self.log_error})" if self.log_error else ""
+        return f"{self.machine.state} active={name}{degraded}"
 
     def path_status(self) -> list[dict[str, Any]]:
-        stats = self.prober.stats()
-        out = []
-        for i, pc in enumerate(self.cfg.paths):
-            f = self.machine.facts[i]
-            entry = {"index": i, "name": pc.name, "interface": pc.interface, "health": f.health,
-                     "carrier": f.carrier, "link_ok": f.link_ok, "present": f.present,
-                     "offline": f.offline, "damped": f.damped, "lossy": f.lossy,
-                     "penalty": round(self.machine._decayed(i), 1), "usable": self.machine.usable(i)}
-            if i < len(stats):
-                s = stats[i]
-                entry.update({k: v for k, v in s.items() if k not in entry or k == "carrier"})
-                for key in ("rtt_p50_ns", "rtt_p99_ns", "rtt_max_ns"):
-                    if key in s and s[key] is not None:
-                        entry[key.replace("_ns", "_us")] = round(s[key] / 1000, 1)
-            out.append(entry)
-        return out
+        return op.path_status(self.cfg, self.machine, self.prober.stats(), time.monotonic_ns())
 
     def status(self) -> dict[str, Any]:
         active = self.machine.active
@@ -429,39 +439,15 @@ class Engine:
             "paths": self.path_status(), "transitions": list(self.recent),
             "uptime_s": round((time.monotonic_ns() - self.started_mono) / 1e9, 1),
             "eventlog": self.cfg.eventlog.path, "records": self.writer.n if self.writer else 0,
+            "eventlog_degraded": self.log_error or None,
+            "config_changes": list(self.config_changes),
         }
-
-    def _path_index(self, iface: str) -> int:
-        for i, pc in enumerate(self.cfg.paths):
-            if iface in (pc.interface, pc.name):
-                return i
-        raise ValueError(f"no path with interface or name {iface!r}")
 
     def control_command(self, cmd: str, args: dict[str, Any], who: str) -> dict[str, Any]:
         """Operator commands become events in the log, with who asked. Refusals raise CommandError."""
-        try:
-            return self._operator(cmd, args, who)
-        except (KeyError, ValueError) as exc:
-            raise CommandError(str(exc).strip("'\"")) from None
-
-    def _operator(self, cmd: str, args: dict[str, Any], who: str) -> dict[str, Any]:
-        now = time.monotonic_ns()
-        force = bool(args.get("force", False))
         if cmd == "status":
             return self.status()
-        if cmd == "failover":
-            target = args.get("to")
-            ev = m.OperatorFailover(t_ns=now, path=self._path_index(target) if target else None, who=who, force=force)
-        elif cmd == "failback":
-            ev = m.OperatorFailback(t_ns=now, who=who, force=force)
-        elif cmd == "offline":
-            ev = m.OperatorOffline(t_ns=now, path=self._path_index(args["interface"]), who=who, force=force)
-        elif cmd == "online":
-            ev = m.OperatorOnline(t_ns=now, path=self._path_index(args["interface"]), who=who)
-        else:
-            raise ValueError(f"unknown command {cmd!r}")
-        step = self.submit(ev)
-        reason = step.reason if step else "queued"
-        if "refused" in reason:
-            raise CommandError(reason)
-        return {"state": self.machine.state, "active": self.machine.active, "reason": reason}
+        try:
+            return self.operator.command(cmd, args, who)
+        except op.Refused as exc:
+            raise CommandError(str(exc)) from None

@@ -1,9 +1,10 @@
 """The pure failover state machine.
 
-``Machine.step(event) -> Step`` folds one timestamped event into a new state and a list of actions.
-Nothing here reads a clock, opens a socket or draws a random number: time arrives inside the
-event, so feeding a recorded log to a fresh machine reproduces every transition (``hanet replay
---verify``).
+``step(params, state, event) -> Step`` folds one timestamped event into a new frozen ``State`` and
+a list of actions. Nothing here reads a clock, opens a socket or draws a random number: time
+arrives inside the event, so feeding a recorded log to a fresh state reproduces every transition
+(``hanet replay --verify``), and ``hanet.fold`` is the one fold of a log that start-up, replay and
+the tests share. ``Machine`` is a small holder of the current state for the shell.
 
 Two layers:
 - *facts* (per-path health, carrier, damping penalty, timers, the move in progress) are folded
@@ -12,13 +13,31 @@ Two layers:
   state changes and which actions follow. ``transitions`` enforces it: ``auto_transitions=False``
   and unknown triggers raise, so no transition exists that the table does not list, and every
   (state, input) pair ends in an unconditional row, so the machine is total.
+
+What can be derived is derived, so a restart cannot lose it: a path is damped while its penalty,
+decayed to the state's time, has not fallen below ``reuse`` since it crossed ``suppress``; a move
+is in progress exactly in the moving states; timers are re-armed from the state at every start.
+
+Invariants (tests/unit/test_machine_props.py checks them on random runs):
+- I1: while any path is usable, the identity is on exactly one NIC; it is never removed from the
+  last place it works (a move starts only towards a path heard in this run).
+- I2: no two NICs share a MAC: the move's MAC layout is a permutation that the shell applies
+  through temporary locally administered MACs (``ConfigureNic.layout``).
+- I3: the two nodes settle on one path: a peer's notice is followed onto any path alive here
+  (damping and quality are preferences that yield to agreement); refused only when the path is
+  not alive here, which is logged and answered with our own notice; simultaneous moves to
+  different paths resolve to the lower path index on both nodes.
+- I4: every moving state has a bounded exit: a move deadline retries the move, then gives it up.
+- The peer is not a path: paths that all fail within one detection time mean the peer (or its
+  daemon) is gone, and carry no damping penalty.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from transitions import Machine as _TMachine
 
@@ -39,11 +58,15 @@ ACTIVE = (MONITORING, SUSPECT, ALTERNATE_ACTIVE)  # the identity is in service o
 MOVING = (FAILING_OVER, FAILING_BACK)
 
 HEALTH_UNKNOWN, HEALTH_UP, HEALTH_SUSPECT, HEALTH_LOST = "unknown", "up", "suspect", "lost"
+HEARD = (HEALTH_UP, HEALTH_SUSPECT)  # the peer answered on this path in this run
 
 # Inputs of the table. Several event types fold into one input (see INPUT_OF).
 INPUTS = ("started", "path_suspect", "path_cleared", "path_failed", "path_restored",
-          "enable_due", "failback_due", "step_done", "step_failed", "address_removed",
+          "enable_due", "failback_due", "move_expired", "step_done", "step_failed", "address_removed",
           "peer_moved", "op_failover", "op_failback", "op_offline", "op_online", "noted")
+
+#: How many times a move that passed its deadline is issued again before it is given up.
+MOVE_ATTEMPTS = 3
 
 
 # --------------------------------------------------------------------------- parameters
@@ -70,11 +93,16 @@ class Params:
     damp_max: float = 12000.0
     quality: bool = False
     quality_max_loss_ppm: int = 200_000
+    #: One detection time: failures of every path within it are the peer gone, not path faults.
+    peer_window_ns: int = 40_000_000
+    #: A move not complete this long after it (re)started is issued again, then given up.
+    move_timeout_ns: int = 5_000_000_000
 
     @classmethod
     def from_config(cls, cfg: Config) -> "Params":
         ms = 1_000_000
-        d, f = cfg.damping, cfg.failover
+        d, f, hb = cfg.damping, cfg.failover, cfg.heartbeat
+        detection_ms = hb.interval_ms * (hb.multiplier + 1) + (hb.reply_timeout_ms or hb.interval_ms)
         return cls(
             paths=tuple(p.name for p in cfg.paths),
             enable_delay_ns=int(f.enable_delay_ms * ms),
@@ -92,6 +120,8 @@ class Params:
             damp_half_life_ns=int(d.half_life_ms * ms), damp_max=d.max_penalty,
             quality=cfg.quality.enabled,
             quality_max_loss_ppm=int(cfg.quality.max_loss_percent * 10_000),
+            peer_window_ns=int(detection_ms * ms),
+            move_timeout_ns=int((f.enable_delay_ms + f.move_timeout_ms) * ms),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -107,30 +137,139 @@ class Params:
         return cls(**kwargs)
 
 
-# --------------------------------------------------------------------------- facts
-@dataclass
+# --------------------------------------------------------------------------- the frozen state
+@dataclass(frozen=True)
 class PathFacts:
-    health: str = HEALTH_UNKNOWN   # from heartbeats
+    name: str = ""
+    health: str = HEALTH_UNKNOWN   # from heartbeats, in this run
     carrier: bool = True           # raw carrier bit as last reported
     link_ok: bool = True           # carrier after the down/up holds
     present: bool = True           # the interface exists
     offline: bool = False          # taken out of service by an operator
     lossy: bool = False            # path quality over the threshold
     admin_downed: bool = False     # hanet set it admin-down (failover.admin_down_failed)
+    hw_mac: str = ""               # the NIC's own MAC, learned once
     penalty: float = 0.0           # flap-damping figure of merit, as of penalty_t
     penalty_t: int = 0
-    damped: bool = False
+    suppressed: bool = False       # crossed damp_suppress and not yet decayed below damp_reuse
+    strike_t: int | None = None    # a failure waiting for the peer-or-path verdict
 
 
-@dataclass
+@dataclass(frozen=True)
 class Move:
-    """The identity move in progress."""
+    """The identity move in progress (only ever set in a moving state)."""
     source: int | None
     target: int
-    phase: int = 1                                   # 1: up to configure; 2: enable onwards
-    awaiting: list[int] = field(default_factory=list)  # kernel action ids not yet done
+    phase: int = 1                       # 1: up to configure; 2: enable onwards
+    awaiting: tuple[tuple[int, int], ...] = ()  # (action id, path) of kernel actions not yet done
+    attempt: int = 1
+    by: str = "self"                     # "self", "peer" or "operator": who decided it
+    skip: tuple[int, ...] = ()           # NICs left as they are: clearing them failed
 
 
+@dataclass(frozen=True)
+class State:
+    name: str = STARTING
+    active: int | None = None
+    move: Move | None = None
+    paths: tuple[PathFacts, ...] = ()
+    timers: tuple[tuple[str, int], ...] = ()   # (name, deadline_ns), sorted by name
+    paused: tuple[int, ...] = ()
+    next_action_id: int = 1
+    now: int = 0
+    moved_t: int | None = None        # when this node last finished a move it decided itself
+    notice_t: int | None = None       # when this node last answered a disagreement
+    told_peer: bool = False           # told the peer where the identity is, in this run
+    mac_holder: int | None = None     # the holder whose MAC layout was last put in place
+
+    def timer(self, name: str) -> int | None:
+        return dict(self.timers).get(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["paths"] = [dataclasses.asdict(p) for p in self.paths]
+        out["timers"] = [list(t) for t in self.timers]
+        out["paused"] = list(self.paused)
+        if self.move is not None:
+            out["move"]["awaiting"] = [list(a) for a in self.move.awaiting]
+            out["move"]["skip"] = list(self.move.skip)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], params: Params) -> "State":
+        """A snapshot back into a State. Missing or unknown keys take defaults: a snapshot of an
+        older or newer version still restores what it can."""
+        names = list(params.paths)
+        raw_paths = data.get("paths") or data.get("facts") or []
+        paths = []
+        for i, raw in enumerate(raw_paths):
+            known = _known(PathFacts, raw)
+            known.setdefault("name", names[i] if i < len(names) else f"path{i}")
+            paths.append(PathFacts(**known))
+        hw = data.get("hw_macs") or []
+        paths = [dataclasses.replace(p, hw_mac=p.hw_mac or (hw[i] if i < len(hw) else ""))
+                 for i, p in enumerate(paths)]
+        move = data.get("move")
+        if isinstance(move, dict) and "target" in move:
+            known = _known(Move, move)
+            known["awaiting"] = tuple(tuple(a) for a in known.get("awaiting", ()) if isinstance(a, (list, tuple)))
+            known["skip"] = tuple(known.get("skip", ()))
+            move = Move(**known)
+        else:
+            move = None
+        timers = data.get("timers") or {}
+        timers = timers.items() if isinstance(timers, dict) else timers
+        state = cls(name=data.get("name") or data.get("state") or STARTING, active=data.get("active"),
+                    move=move, paths=tuple(paths), timers=tuple(sorted((str(k), int(v)) for k, v in timers)),
+                    paused=tuple(data.get("paused") or ()), next_action_id=int(data.get("next_action_id", 1)),
+                    now=int(data.get("now", 0)), moved_t=data.get("moved_t"), notice_t=data.get("notice_t"),
+                    told_peer=bool(data.get("told_peer", False)), mac_holder=data.get("mac_holder"))
+        if state.name not in STATES:
+            state = dataclasses.replace(state, name=STARTING)
+        return adapt(state, Params(paths=tuple(p.name for p in state.paths)), params)[0]
+
+
+def _known(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in raw.items() if k in names}
+
+
+def initial_state(params: Params) -> State:
+    return State(paths=tuple(PathFacts(name=n) for n in params.paths))
+
+
+def adapt(state: State, old: Params, new: Params) -> tuple[State, list[str]]:
+    """The state under a new configuration: paths matched by name, so paths added, removed or
+    reordered keep what is known of each. Returns the state and what changed, in words."""
+    if tuple(p.name for p in state.paths) == new.paths:
+        return state, []
+    by_name = {p.name: (i, p) for i, p in enumerate(state.paths)}
+    new_index = {name: i for i, name in enumerate(new.paths)}
+    changes = [f"path {n!r} added" for n in new.paths if n not in by_name]
+    changes += [f"path {n!r} removed" for n in by_name if n not in new_index]
+    moved = [n for n in new.paths if n in by_name and by_name[n][0] != new_index[n]]
+    if moved:
+        changes.append(f"paths reordered: {', '.join(new.paths)}")
+
+    def remap(i: int | None) -> int | None:
+        if i is None or not 0 <= i < len(state.paths):
+            return None
+        return new_index.get(state.paths[i].name)
+
+    paths = tuple(by_name[n][1] if n in by_name else PathFacts(name=n) for n in new.paths)
+    name, move = state.name, None
+    if state.move is not None:
+        target = remap(state.move.target)
+        if target is None:
+            name = STARTING  # the target is gone: the start that follows decides afresh
+        else:
+            move = dataclasses.replace(state.move, source=remap(state.move.source), target=target, awaiting=())
+    # Timers name paths by index: the start that follows a configuration change re-arms them.
+    return dataclasses.replace(state, name=name, active=remap(state.active), move=move, paths=paths,
+                               timers=(), paused=()), changes
+
+
+# --------------------------------------------------------------------------- one step
 @dataclass(frozen=True)
 class Step:
     """What one event did: the state before and after, why, and the actions to carry out."""
@@ -140,6 +279,8 @@ class Step:
     reason: str           # the rule that fired, in words
     actions: tuple[m.Action, ...]
     active: int | None    # the path holding the identity after this step
+    state: State | None = field(default=None, compare=False, repr=False)
+    refused: bool = False  # an operator's command was refused (the reason says why)
 
     @property
     def changed(self) -> bool:
@@ -151,9 +292,14 @@ class Row:
     input: str
     sources: tuple[str, ...]
     dest: str | None           # None: stay (an internal transition)
-    guard: str | None          # name of a Machine method ``g_*``; None: always
-    effect: str | None         # name of a Machine method ``e_*`` that emits actions
+    guard: str | None          # name of a Rules method ``g_*``; None: always
+    effect: str | None         # name of a Rules method ``e_*`` that emits actions
     reason: str
+
+    @property
+    def refuses(self) -> bool:
+        """An operator's command turned down: the control socket answers with an error."""
+        return self.effect is not None and self.effect.startswith("e_refuse")
 
 
 def _rows(input: str, sources, *alternatives) -> list[Row]:
@@ -181,13 +327,14 @@ TABLE: list[Row] = [
     *_rows("path_suspect", (STARTING, SUSPECT, FAILING_OVER, FAILING_BACK, ALL_PATHS_DOWN),
            (None, None, None, "suspect noted")),
     *_rows("path_cleared", SUSPECT,
-           (MONITORING, "g_active_primary_clear", None, "reply arrived: the primary is fine"),
-           (ALTERNATE_ACTIVE, "g_active_alternate_clear", None, "reply arrived: the alternate is fine"),
+           (MONITORING, "g_active_primary_clear", "e_tell_peer_once", "reply arrived: the primary is fine"),
+           (ALTERNATE_ACTIVE, "g_active_alternate_clear", "e_tell_peer_once", "reply arrived: the alternate is fine"),
            (None, None, None, "a standby path answered again")),
     *_rows("path_cleared", (STARTING, MONITORING, ALTERNATE_ACTIVE, FAILING_OVER, FAILING_BACK, ALL_PATHS_DOWN),
            (None, None, None, "reply noted")),
     *_rows("path_failed", ACTIVE,
            (FAILING_OVER, "g_active_failed_with_candidate", "e_begin_failover", "the active path failed: move to the best usable path"),
+           (ALL_PATHS_DOWN, "g_peer_gone", "e_all_down", "every path fell silent within one detection time: the peer or its daemon is gone (no damping)"),
            (ALL_PATHS_DOWN, "g_active_dead", "e_all_down", "the active path failed and no other path is usable"),
            (None, None, "e_cancel_failback_if_gone", "a standby path failed: noted")),
     *_rows("path_failed", MOVING,
@@ -196,27 +343,32 @@ TABLE: list[Row] = [
            (None, None, None, "another path failed mid-move: noted")),
     *_rows("path_failed", (STARTING, ALL_PATHS_DOWN), (None, None, None, "failure noted")),
     *_rows("path_restored", SUSPECT,
-           (MONITORING, "g_active_primary_clear", None, "the primary recovered"),
-           (ALTERNATE_ACTIVE, "g_active_alternate_clear", None, "the alternate recovered"),
+           (MONITORING, "g_active_primary_clear", "e_tell_peer_once", "the primary recovered"),
+           (ALTERNATE_ACTIVE, "g_active_alternate_clear", "e_tell_peer_once", "the alternate recovered"),
            (None, None, None, "a standby path recovered")),
     *_rows("path_restored", ALTERNATE_ACTIVE,
            (None, "g_better_usable_auto", "e_arm_failback", "a better path is usable: hold down before failing back"),
-           (None, None, None, "recovery noted")),
+           (None, None, "e_tell_peer_once", "recovery noted")),
+    *_rows("path_restored", MONITORING, (None, None, "e_tell_peer_once", "recovery noted")),
     *_rows("path_restored", ALL_PATHS_DOWN,
-           (MONITORING, "g_best_is_holder_primary", "e_return_to_holder", "the primary, still holding the identity, is usable again"),
-           (ALTERNATE_ACTIVE, "g_best_is_holder_alternate", "e_return_to_holder", "the alternate holding the identity is usable again"),
-           (FAILING_OVER, "g_has_candidate", "e_begin_failover", "a path is usable again: restore the identity on it"),
+           (FAILING_OVER, "g_has_candidate", "e_begin_failover", "a path is usable again: (re)install the identity on it, idempotently"),
            (None, None, None, "recovery noted; still nothing usable")),
-    *_rows("path_restored", (STARTING, MONITORING, FAILING_OVER, FAILING_BACK), (None, None, None, "recovery noted")),
+    *_rows("path_restored", (STARTING, FAILING_OVER, FAILING_BACK), (None, None, None, "recovery noted")),
     # -- the move itself
     *_rows("enable_due", MOVING, (None, None, "e_enable_phase", "enable delay over: enable, announce, routes")),
     *_rows("enable_due", NOT_MOVING, (None, None, None, "stale enable timer")),
+    *_rows("move_expired", MOVING,
+           (None, "g_move_may_retry", "e_reissue_move", "the move passed its deadline: issue it again"),
+           (FAILING_OVER, "g_has_candidate", "e_begin_failover", "the move passed its last deadline: give it up for another path"),
+           (ALL_PATHS_DOWN, None, "e_all_down", "the move passed its last deadline and no other path is usable: given up")),
+    *_rows("move_expired", NOT_MOVING, (None, None, None, "stale move deadline")),
     *_rows("step_done", MOVING,
            (MONITORING, "g_move_done_on_primary", "e_finish_move", "sequence complete: the identity is on the primary"),
            (ALTERNATE_ACTIVE, "g_move_done", "e_finish_move", "sequence complete: the identity is on an alternate"),
            (None, None, None, "step done")),
     *_rows("step_done", NOT_MOVING, (None, None, None, "step done")),
     *_rows("step_failed", MOVING,
+           (None, "g_failed_off_target", "e_continue_move", "clearing a NIC other than the target failed: go on with the target"),
            (FAILING_OVER, "g_move_step_failed_with_candidate", "e_begin_failover", "a step failed: try the next usable path"),
            (ALL_PATHS_DOWN, "g_move_step_failed", "e_all_down", "a step failed and no other path is usable"),
            (None, None, None, "a step outside the move failed: noted")),
@@ -233,23 +385,29 @@ TABLE: list[Row] = [
            (None, None, None, "address change on a standby NIC noted")),
     *_rows("address_removed", (STARTING, FAILING_OVER, FAILING_BACK, ALL_PATHS_DOWN),
            (None, None, None, "address change noted")),
-    # -- the peer's notice of its own move
-    *_rows("peer_moved", ACTIVE,
-           (FAILING_OVER, "g_peer_target_usable", "e_begin_follow", "the peer moved to a path we see usable: follow"),
-           (None, None, None, "peer notice ignored: same path, coordination off, or our evidence contradicts it")),
-    *_rows("peer_moved", ALL_PATHS_DOWN,
-           (FAILING_OVER, "g_peer_target_usable", "e_begin_follow", "the peer moved to a path we see usable: follow"),
-           (None, None, None, "peer notice ignored")),
-    *_rows("peer_moved", (STARTING, FAILING_OVER, FAILING_BACK), (None, None, None, "peer notice ignored: busy")),
+    # -- the peer's notice of its own move: both nodes apply the same rules, so they settle on one path
+    *_rows("peer_moved", ACTIVE + (ALL_PATHS_DOWN,),
+           (None, "g_peer_agrees", None, "the peer is on our path: agreed"),
+           (None, "g_peer_not_coordinated", None, "peer notice ignored: coordination off"),
+           (None, "g_simultaneous_lower_wins", "e_answer_peer", "both nodes moved at once: the lower path wins; told the peer"),
+           (FAILING_OVER, "g_peer_target_alive", "e_begin_follow", "the peer moved to a path alive here: follow"),
+           (None, None, "e_answer_peer", "disagreement: the peer's path is not alive here; told the peer where we are")),
+    *_rows("peer_moved", (STARTING, FAILING_OVER, FAILING_BACK), (None, None, None, "peer notice noted: busy")),
     # -- operators
     *_rows("op_failover", ACTIVE + (ALL_PATHS_DOWN,),
            (FAILING_OVER, "g_op_target_ok", "e_begin_operator_move", "operator failover"),
-           (None, None, None, "operator failover refused: no usable target (use force)")),
-    *_rows("op_failover", (STARTING,) + MOVING, (None, None, None, "operator failover refused: busy")),
+           (None, None, "e_refuse", "operator failover refused: no usable target (use force)")),
+    *_rows("op_failover", MOVING,
+           (FAILING_OVER, "g_op_forced_target_ok", "e_begin_operator_move", "operator failover forced during a move"),
+           (None, None, "e_refuse", "operator failover refused: a move is in progress (use force)")),
+    *_rows("op_failover", STARTING, (None, None, "e_refuse", "operator failover refused: starting")),
     *_rows("op_failback", (ALTERNATE_ACTIVE, SUSPECT, ALL_PATHS_DOWN),
            (FAILING_BACK, "g_op_failback_ok", "e_begin_failback", "operator failback"),
-           (None, None, None, "operator failback refused: primary not usable or already active (use force)")),
-    *_rows("op_failback", (STARTING, MONITORING) + MOVING, (None, None, None, "operator failback refused: not on an alternate, or busy")),
+           (None, None, "e_refuse", "operator failback refused: primary not usable or already active (use force)")),
+    *_rows("op_failback", MOVING,
+           (FAILING_BACK, "g_op_forced_failback_ok", "e_begin_failback", "operator failback forced during a move"),
+           (None, None, "e_refuse", "operator failback refused: a move is in progress (use force)")),
+    *_rows("op_failback", (STARTING, MONITORING), (None, None, "e_refuse", "operator failback refused: not on an alternate")),
     *_rows("op_offline", ACTIVE,
            (FAILING_OVER, "g_offline_active_with_candidate", "e_begin_failover", "operator took the active NIC offline: move"),
            (ALL_PATHS_DOWN, "g_offline_active_forced", "e_all_down", "operator forced the last usable NIC offline"),
@@ -293,30 +451,34 @@ INPUT_OF: dict[str, str] = {
 
 TIMER_ENABLE = "enable"
 TIMER_FAILBACK = "failback"
+TIMER_MOVE = "move"
 
 
 def _timer(kind: str, path: int) -> str:
     return f"{kind}:{path}"
 
 
-class Machine:
-    """One node's failover logic. Not thread-safe; one event at a time."""
+def _laa(mac: str, salt: int) -> str:
+    """A locally administered unicast MAC derived from ``mac``: a NIC's own stand-in address when
+    its MAC is found shared with another NIC and no permanent address is known."""
+    octets = [int(x, 16) for x in mac.split(":")]
+    octets[0] = (octets[0] | 0x02) & 0xFE
+    octets[5] ^= 0x80 | (salt & 0x7F)
+    return ":".join(f"{o:02x}" for o in octets)
+
+
+class Rules:
+    """The table and its guards and effects, for one set of parameters.
+
+    ``step`` is a pure function of (state, event): it loads the frozen state into scratch fields,
+    lets the table fire, and freezes the result. Not thread-safe (the scratch fields); one step at
+    a time per instance.
+    """
 
     def __init__(self, params: Params):
         self.params = params
         self.n = len(params.paths)
-        self.facts = [PathFacts() for _ in range(self.n)]
-        self.active: int | None = None
-        self.move: Move | None = None
-        self.hw_macs: tuple[str, ...] = ()
-        self.timers: dict[str, int] = {}
-        self.paused: set[int] = set()
-        self.next_action_id = 1
-        self.now = 0
-        self._actions: list[m.Action] = []
-        self._fired: Row | None = None
-        self._event: m.Event | None = None
-        self._src = STARTING
+        self.state = STARTING  # the table's current state name, set by ``transitions``
         self._tm = _TMachine(model=self, states=list(STATES), initial=STARTING, auto_transitions=False,
                              ignore_invalid_triggers=False, model_attribute="state")
         for row in TABLE:
@@ -324,54 +486,40 @@ class Machine:
                                     conditions=[getattr(self, row.guard)] if row.guard else [],
                                     after=[self._fire_callback(row)])
 
-    # -- construction from the log
-    @classmethod
-    def from_params(cls, params: dict[str, Any] | Params) -> "Machine":
-        return cls(params if isinstance(params, Params) else Params.from_dict(params))
-
-    @classmethod
-    def from_snapshot(cls, params: dict[str, Any] | Params, snap: dict[str, Any]) -> "Machine":
-        mach = cls.from_params(params)
-        mach.restore(snap)
-        return mach
-
-    def reconfigure(self, params: dict[str, Any] | Params) -> None:
-        """New parameters (a restart or reload) keep the folded state."""
-        self.params = params if isinstance(params, Params) else Params.from_dict(params)
-        if len(self.params.paths) != self.n:
-            raise ValueError(f"path count changed from {self.n} to {len(self.params.paths)}")
-
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "state": self.state, "active": self.active, "now": self.now,
-            "next_action_id": self.next_action_id, "hw_macs": list(self.hw_macs),
-            "timers": dict(self.timers), "paused": sorted(self.paused),
-            "move": dataclasses.asdict(self.move) if self.move else None,
-            "facts": [dataclasses.asdict(f) for f in self.facts],
-        }
-
-    def restore(self, snap: dict[str, Any]) -> None:
-        self.state = snap["state"]
-        self.active = snap["active"]
-        self.now = snap["now"]
-        self.next_action_id = snap["next_action_id"]
-        self.hw_macs = tuple(snap["hw_macs"])
-        self.timers = dict(snap["timers"])
-        self.paused = set(snap["paused"])
-        self.move = Move(**snap["move"]) if snap["move"] else None
-        self.facts = [PathFacts(**f) for f in snap["facts"]]
-
-    # -- the fold
-    def step(self, event: m.Event) -> Step:
-        src = self._src = self.state
-        self._actions, self._fired, self._event = [], None, event
-        self.now = max(self.now, event.t_ns)
+    # -- the pure step
+    def step(self, state: State, event: m.Event) -> Step:
+        if len(state.paths) != self.n:
+            raise ValueError(f"state has {len(state.paths)} paths, parameters {self.n}: adapt() it first")
+        self._load(state, event)
         inp = self._fold_facts(event)
+        src = self.state
         self.trigger(inp, event)
         row = self._fired
         assert row is not None, f"no row fired for {inp} in {src}"  # the table is total
-        return Step(src=src, dst=self.state, trigger=event.type, reason=row.reason,
-                    actions=tuple(self._actions), active=self.active)
+        new = self._freeze()
+        return Step(src=src, dst=new.name, trigger=event.type, reason=row.reason,
+                    actions=tuple(self._actions), active=new.active, state=new, refused=row.refuses)
+
+    def _load(self, s: State, event: m.Event) -> None:
+        self.state = self._src = s.name
+        self.paths = list(s.paths)
+        self.active, self.move = s.active, s.move
+        self.timers = dict(s.timers)
+        self.paused = set(s.paused)
+        self.next_action_id, self.moved_t, self.notice_t, self.told_peer, self.mac_holder = (
+            s.next_action_id, s.moved_t, s.notice_t, s.told_peer, s.mac_holder)
+        self.now = max(s.now, event.t_ns)
+        self._actions: list[m.Action] = []
+        self._fired: Row | None = None
+        self._event = event
+        self._found_macs: tuple[str, ...] = ()  # MACs as found by a start, for e_resume_all
+
+    def _freeze(self) -> State:
+        return State(name=self.state, active=self.active, move=self.move if self.state in MOVING else None,
+                     paths=tuple(self.paths), timers=tuple(sorted(self.timers.items())),
+                     paused=tuple(sorted(self.paused)), next_action_id=self.next_action_id, now=self.now,
+                     moved_t=self.moved_t, notice_t=self.notice_t, told_peer=self.told_peer,
+                     mac_holder=self.mac_holder)
 
     def _fire_callback(self, row: Row) -> Callable:
         def fire(event: m.Event) -> None:
@@ -380,49 +528,57 @@ class Machine:
                 getattr(self, row.effect)()
         return fire
 
+    def _set(self, path: int, **changes) -> None:
+        self.paths[path] = dataclasses.replace(self.paths[path], **changes)
+
     # -- facts: folded from every event before the table decides
     def _fold_facts(self, ev: m.Event) -> str:
-        inp = INPUT_OF[ev.type]
+        inp = INPUT_OF.get(ev.type, "noted")
         path = getattr(ev, "path", None)
-        f = self.facts[path] if isinstance(path, int) and 0 <= path < self.n else None
-        if path is not None and f is None and not isinstance(ev, (m.OperatorFailover,)):
+        f = self.paths[path] if isinstance(path, int) and 0 <= path < self.n else None
+        if path is not None and f is None and not isinstance(ev, m.OperatorFailover):
             return "noted"  # a path index this configuration does not have
         if isinstance(ev, m.DaemonStarted):
             self._fold_started(ev)
         elif isinstance(ev, m.HeartbeatSuspect):
-            f.health = HEALTH_SUSPECT if f.health != HEALTH_LOST else HEALTH_LOST
-        elif isinstance(ev, m.HeartbeatCleared):
-            f.health = HEALTH_UP
+            if f.health == HEALTH_UP:
+                self._set(path, health=HEALTH_SUSPECT)
+        elif isinstance(ev, (m.HeartbeatCleared, m.HeartbeatRecovered)):
+            self._set(path, health=HEALTH_UP)
         elif isinstance(ev, m.HeartbeatLost):
-            was_usable = self.usable(path)
-            f.health = HEALTH_LOST
-            self._penalise(path, was_usable)
-        elif isinstance(ev, m.HeartbeatRecovered):
-            f.health = HEALTH_UP
+            heard = f.health in HEARD
+            self._set(path, health=HEALTH_LOST)
+            if heard and f.link_ok and f.present:
+                self._strike(path)
         elif isinstance(ev, m.LinkDown):
             return self._fold_carrier(path, False)
         elif isinstance(ev, m.LinkUp):
             return self._fold_carrier(path, True)
         elif isinstance(ev, m.LinkGone):
-            was_usable = self.usable(path)
-            f.present = False
-            self._penalise(path, was_usable)
+            if f.present and f.link_ok and f.health != HEALTH_LOST:
+                self._strike(path)
+            self._set(path, present=False)
         elif isinstance(ev, m.LinkReturned):
-            f.present = True
+            self._set(path, present=True)
             self._emit(m.RebindProbe, path=path)
+            holder = self.mac_holder
+            if holder is not None and self.layout(holder):
+                # A NIC plugged back comes with its own MAC, which may be the one it lent away.
+                self._emit(m.ConfigureNic, path=holder, from_path=None, layout=self.layout(holder))
         elif isinstance(ev, m.PathQuality):
             return self._fold_quality(path, ev)
         elif isinstance(ev, m.TimerFired):
             return self._fold_timer(ev.name)
         elif isinstance(ev, (m.ActionDone, m.ActionFailed)):
-            if self.move is None or ev.action_id not in self.move.awaiting:
+            if self.move is None or self.state not in MOVING or self._awaited_path(ev.action_id) is None:
                 return "noted"
             if isinstance(ev, m.ActionDone):
-                self.move.awaiting.remove(ev.action_id)
+                self.move = dataclasses.replace(
+                    self.move, awaiting=tuple(a for a in self.move.awaiting if a[0] != ev.action_id))
         elif isinstance(ev, m.OperatorOffline):
-            f.offline = True
+            self._set(path, offline=True)
         elif isinstance(ev, m.OperatorOnline):
-            f.offline = False
+            self._set(path, offline=False)
         elif isinstance(ev, m.PeerNotice):
             if not 0 <= ev.active < self.n:
                 return "noted"
@@ -431,25 +587,63 @@ class Machine:
                 return "noted"
         return inp
 
+    def _awaited_path(self, action_id: int) -> int | None:
+        for aid, path in self.move.awaiting:
+            if aid == action_id:
+                return path
+        return None
+
     def _fold_started(self, ev: m.DaemonStarted) -> None:
-        if not self.hw_macs and len(ev.macs) == self.n:
-            self.hw_macs = tuple(ev.macs)
-        for i, f in enumerate(self.facts):
-            f.health = HEALTH_UNKNOWN
-            if i < len(ev.carrier):
-                f.carrier = f.link_ok = bool(ev.carrier[i])
-            f.present = True
+        # After a reboot CLOCK_MONOTONIC starts again near zero: carry the recorded times over to
+        # the new clock, moved on by the time the daemon was down, so penalties keep decaying.
+        shift = ev.t_ns - ev.down_ns - self.now if self.now > ev.t_ns else 0
+        present = ev.present if len(ev.present) == self.n else tuple(
+            bool(ev.macs[i]) if i < len(ev.macs) else True for i in range(self.n))
+        current = [ev.macs[i] if i < len(ev.macs) else "" for i in range(self.n)]
+        learned = self._learn_hw_macs(ev, current)
+        for i, f in enumerate(self.paths):
+            carrier = bool(ev.carrier[i]) if i < len(ev.carrier) else f.carrier
+            hw = (ev.hw_macs[i] if i < len(ev.hw_macs) else "") or f.hw_mac or learned[i]
+            self.paths[i] = dataclasses.replace(
+                f, health=HEALTH_UNKNOWN, carrier=carrier, link_ok=carrier, present=present[i],
+                hw_mac=hw, penalty_t=f.penalty_t + shift, strike_t=None)
+        self.now = ev.t_ns if shift else self.now
         self.timers.clear()
         self.paused.clear()
-        if self.state in MOVING:
-            return
-        self.active = ev.holder
+        self.moved_t = self.notice_t = None
+        self.told_peer = False
+        # Timers are re-armed from the state: a path damped before the restart comes back on time.
+        for i, f in enumerate(self.paths):
+            if f.suppressed:
+                self._arm_reuse(i)
+        self._found_macs = tuple(current)
+        if self.state not in MOVING:
+            self.active = ev.holder
+
+    def _learn_hw_macs(self, ev: m.DaemonStarted, current: list[str]) -> list[str]:
+        """Each NIC's own MAC from the MACs found, for NICs whose driver reports no permanent one.
+
+        The MACs found are read as the layout of the holder found: with the identity on an
+        alternate, the primary holds that alternate's own MAC. A MAC found on two NICs (a swap torn
+        by an older version) stays with the holder; the other NIC gets a stand-in of its own.
+        """
+        learned = list(current)
+        h = ev.holder
+        if (self.params.carry_mac and not self.params.identity_mac and h is not None and 0 < h < self.n
+                and current[0] and current[h]):
+            learned[0], learned[h] = current[h], current[0]
+        elif self.params.carry_mac and self.params.identity_mac and h is not None and 0 <= h < self.n and current[h]:
+            learned[h] = _laa(self.params.identity_mac, h)
+        for i, mac in enumerate(current):
+            if mac and current.count(mac) > 1 and i != h:
+                learned[i] = _laa(mac, i)
+        return learned
 
     def _fold_carrier(self, path: int, up: bool) -> str:
-        f = self.facts[path]
+        f = self.paths[path]
         if f.carrier == up:
             return "noted"
-        f.carrier = up
+        self._set(path, carrier=up)
         hold = self.params.up_hold_ns if up else self.params.down_hold_ns
         kind, other = ("linkup", "linkdown") if up else ("linkdown", "linkup")
         self._cancel(_timer(other, path))
@@ -461,22 +655,21 @@ class Machine:
         return self._apply_link(path, up)
 
     def _apply_link(self, path: int, up: bool) -> str:
-        f = self.facts[path]
-        was_usable = self.usable(path)
-        f.link_ok = up
+        f = self.paths[path]
+        self._set(path, link_ok=up)
         if up:
             return "path_restored"
-        self._penalise(path, was_usable)
+        if f.present and f.health != HEALTH_LOST:
+            self._strike(path)
         return "path_failed"
 
     def _fold_quality(self, path: int, ev: m.PathQuality) -> str:
         if not self.params.quality:
             return "noted"
-        f = self.facts[path]
         lossy = ev.loss_ppm > self.params.quality_max_loss_ppm
-        if lossy == f.lossy:
+        if lossy == self.paths[path].lossy:
             return "noted"
-        f.lossy = lossy
+        self._set(path, lossy=lossy)
         if not lossy:
             return "path_restored"
         # A lossy active path is left only for a clean one; lossy is never "down".
@@ -490,53 +683,89 @@ class Machine:
             return "enable_due"
         if name == TIMER_FAILBACK:
             return "failback_due"
+        if name == TIMER_MOVE:
+            return "move_expired"
         kind, _, idx = name.partition(":")
         path = int(idx)
-        if kind == "linkdown" and not self.facts[path].carrier:
+        if kind == "linkdown" and not self.paths[path].carrier:
             return self._apply_link(path, False)
-        if kind == "linkup" and self.facts[path].carrier:
+        if kind == "linkup" and self.paths[path].carrier:
             return self._apply_link(path, True)
         if kind == "reuse":
             return self._refresh_damping(path)
+        if kind == "strike":
+            return self._judge_strike(path)
         return "noted"
 
-    # -- flap damping: a penalty that halves every half-life, in the manner of route-flap damping
-    def _decayed(self, path: int) -> float:
-        f = self.facts[path]
-        dt = max(0, self.now - f.penalty_t)
-        return f.penalty * 0.5 ** (dt / self.params.damp_half_life_ns)
+    # -- flap damping: a penalty that halves every half-life, in the manner of route-flap damping.
+    # A failure is only a strike against its path once one detection time has shown that another
+    # path still hears the peer; when every path falls silent together, the peer is gone.
+    def decayed(self, f: PathFacts, now: int) -> float:
+        return f.penalty * 0.5 ** (max(0, now - f.penalty_t) / self.params.damp_half_life_ns)
 
-    def _penalise(self, path: int, was_usable: bool) -> None:
-        """Count a failure of a path that was usable (a repeated report of one outage counts once)."""
-        if not self.params.damping or not was_usable:
+    def damped(self, f: PathFacts, now: int) -> bool:
+        return f.suppressed and self.decayed(f, now) >= self.params.damp_reuse
+
+    def _strike(self, path: int) -> None:
+        if not self.params.damping:
             return
-        f = self.facts[path]
-        f.penalty = min(self.params.damp_max, self._decayed(path) + self.params.damp_penalty)
-        f.penalty_t = self.now
-        if f.penalty >= self.params.damp_suppress and not f.damped:
-            f.damped = True
-        if f.damped:
+        self._set(path, strike_t=self.now)
+        self._start(_timer("strike", path), self.now + self.params.peer_window_ns)
+
+    def _judge_strike(self, path: int) -> str:
+        f = self.paths[path]
+        if f.strike_t is None:
+            return "noted"
+        self._set(path, strike_t=None)
+        if not any(self.hears_peer(p) for p in range(self.n) if p != path):
+            return "noted"  # every path fell silent: the peer is gone, not this path
+        p = self.params
+        before = self.decayed(f, f.strike_t)
+        penalty = min(p.damp_max, before + p.damp_penalty)
+        suppressed = (f.suppressed and before >= p.damp_reuse) or penalty >= p.damp_suppress
+        self._set(path, penalty=penalty, penalty_t=f.strike_t, suppressed=suppressed)
+        if suppressed:
             self._arm_reuse(path)
+        return "noted"
 
     def _arm_reuse(self, path: int) -> None:
-        f = self.facts[path]
-        halvings = math.log2(f.penalty / self.params.damp_reuse) if f.penalty > self.params.damp_reuse else 0.0
-        self._start(_timer("reuse", path), f.penalty_t + int(halvings * self.params.damp_half_life_ns) + 1)
+        f, p = self.paths[path], self.params
+        halvings = math.log2(f.penalty / p.damp_reuse) if f.penalty > p.damp_reuse else 0.0
+        self._start(_timer("reuse", path), f.penalty_t + int(halvings * p.damp_half_life_ns) + 1)
 
     def _refresh_damping(self, path: int) -> str:
-        f = self.facts[path]
-        if f.damped and self._decayed(path) < self.params.damp_reuse:
-            f.damped = False
-            return "path_restored"
-        if f.damped:
+        f = self.paths[path]
+        if not f.suppressed:
+            return "noted"
+        if self.damped(f, self.now):
             self._arm_reuse(path)
-        return "noted"
+            return "noted"
+        self._set(path, suppressed=False)
+        return "path_restored"
 
     # -- derived facts
+    def hears_peer(self, path: int) -> bool:
+        f = self.paths[path]
+        return f.present and f.link_ok and f.health in HEARD
+
+    def alive(self, path: int) -> bool:
+        """The peer is heard on it and nothing here forbids it (damping and quality aside)."""
+        return self.hears_peer(path) and not self.paths[path].offline
+
+    def available_at(self, f: PathFacts, now: int) -> bool:
+        """Present, carrier, not lost, not offline, not damped: a place to install the identity."""
+        return (f.present and f.link_ok and not f.offline and f.health != HEALTH_LOST
+                and not self.damped(f, now))
+
+    def usable_at(self, f: PathFacts, now: int) -> bool:
+        """Available and heard in this run."""
+        return f.health in HEARD and self.available_at(f, now)
+
+    def available(self, path: int) -> bool:
+        return self.available_at(self.paths[path], self.now)
+
     def usable(self, path: int) -> bool:
-        """Alive and allowed: present, carrier, heartbeats not lost, not offline, not damped."""
-        f = self.facts[path]
-        return f.present and f.link_ok and not f.offline and not f.damped and f.health != HEALTH_LOST
+        return self.usable_at(self.paths[path], self.now)
 
     def candidates(self, exclude: int | None = None, heard: bool = True) -> list[int]:
         """Usable paths of clean quality, in priority order.
@@ -545,31 +774,49 @@ class Machine:
         is absent does not shuffle its identity around; only installing the identity at start,
         where it is on no NIC, may pick a path not yet heard, best-heard first.
         """
-        paths = [p for p in range(self.n) if p != exclude and self.usable(p) and not self.facts[p].lossy
-                 and (not heard or self.facts[p].health == HEALTH_UP)]
-        return sorted(paths, key=lambda p: (self.facts[p].health != HEALTH_UP, p))
+        paths = [p for p in range(self.n) if p != exclude and not self.paths[p].lossy
+                 and (self.usable(p) if heard else self.available(p))]
+        return sorted(paths, key=lambda p: (self.paths[p].health not in HEARD, p))
 
     def _better_path(self) -> int | None:
         if self.active is None:
             return None
-        better = [p for p in range(self.active) if self.usable(p) and self.facts[p].health == HEALTH_UP]
+        better = [p for p in range(self.active) if self.usable(p)]
         return better[0] if better else None
 
     def _failover_target(self) -> int | None:
         """Where a failover started from the current state would go: the best candidate other than
         the path being left (the target of a move, or the active path); from all-paths-down or a
         restart, any usable path, the last holder included."""
-        if self._src in MOVING:
+        starting = isinstance(self._event, m.DaemonStarted)
+        if self._src in MOVING and self.move is not None:
             exclude = self.move.target
-        elif self._src in (ALL_PATHS_DOWN, STARTING) or isinstance(self._event, m.DaemonStarted):
+        elif self._src in (ALL_PATHS_DOWN, STARTING) or starting:
             exclude = None
         else:
             exclude = self.active
-        best = self.candidates(exclude, heard=not isinstance(self._event, m.DaemonStarted))
+        best = self.candidates(exclude, heard=not starting)
         return best[0] if best else None
 
     def _path_of(self) -> int | None:
         return getattr(self._event, "path", None)
+
+    def layout(self, holder: int) -> tuple[str, ...]:
+        """Every path NIC's MAC while ``holder`` holds the identity: the holder takes the identity
+        MAC and the NIC that lent it takes the holder's own, so no two NICs share one."""
+        hw = tuple(f.hw_mac for f in self.paths)
+        if not self.params.carry_mac or not all(hw):
+            return ()
+        identity = self.params.identity_mac or hw[0]
+        out = []
+        for p in range(self.n):
+            if p == holder:
+                out.append(identity)
+            elif p == 0 and not self.params.identity_mac:
+                out.append(hw[holder])  # the primary lends its MAC and takes the holder's own
+            else:
+                out.append(hw[p])
+        return tuple(out)
 
     # -- guards (g_*): read facts and the current event, change nothing
     def g_holder_primary(self, ev) -> bool:
@@ -581,20 +828,21 @@ class Machine:
     def g_has_candidate(self, ev) -> bool:
         return self._failover_target() is not None
 
-    def g_best_is_holder_primary(self, ev) -> bool:
-        return self.active == 0 and self._failover_target() == 0
-
-    def g_best_is_holder_alternate(self, ev) -> bool:
-        return self.active not in (None, 0) and self._failover_target() == self.active
-
     def g_online_needs_plumb(self, ev) -> bool:
-        return self.facts[ev.path].admin_downed
+        return self.paths[ev.path].admin_downed
 
     def g_on_active(self, ev) -> bool:
         return self._path_of() == self.active
 
     def g_active_dead(self, ev) -> bool:
         return self.g_on_active(ev) and not self.usable(self.active)
+
+    def g_peer_gone(self, ev) -> bool:
+        """No path hears the peer, and every path that did fell silent within one detection time."""
+        if not self.g_active_dead(ev) or any(self.hears_peer(p) for p in range(self.n)):
+            return False
+        recent = [f.strike_t for f in self.paths if f.strike_t is not None]
+        return len(recent) >= 2 and max(recent) - min(recent) <= self.params.peer_window_ns
 
     def g_on_target(self, ev) -> bool:
         return self.move is not None and self._path_of() == self.move.target
@@ -606,7 +854,7 @@ class Machine:
         return self.g_on_active(ev) and self.active not in (None, 0) and self.usable(self.active)
 
     def g_active_failed_with_candidate(self, ev) -> bool:
-        leave = not self.usable(self.active) or self.facts[self.active].lossy
+        leave = not self.usable(self.active) or self.paths[self.active].lossy
         return self.g_on_active(ev) and leave and self._failover_target() is not None
 
     def g_target_failed_with_candidate(self, ev) -> bool:
@@ -615,11 +863,18 @@ class Machine:
     def g_better_usable_auto(self, ev) -> bool:
         return self.params.failback_auto and self._better_path() is not None
 
+    def g_move_may_retry(self, ev) -> bool:
+        return self.move is not None and self.move.attempt < MOVE_ATTEMPTS
+
     def g_move_done(self, ev) -> bool:
         return self.move is not None and self.move.phase == 2 and not self.move.awaiting
 
     def g_move_done_on_primary(self, ev) -> bool:
         return self.g_move_done(ev) and self.move.target == 0
+
+    def g_failed_off_target(self, ev) -> bool:
+        path = self._awaited_path(ev.action_id) if self.move is not None else None
+        return path is not None and path != self.move.target and ev.kind == m.DisableNic.type
 
     def g_move_step_failed(self, ev) -> bool:
         return isinstance(ev, m.ActionFailed)
@@ -627,16 +882,33 @@ class Machine:
     def g_move_step_failed_with_candidate(self, ev) -> bool:
         return self.g_move_step_failed(ev) and self._failover_target() is not None
 
-    def g_peer_target_usable(self, ev) -> bool:
-        return (self.params.coordinate and ev.active != self.active and self.usable(ev.active))
+    def g_peer_agrees(self, ev) -> bool:
+        return ev.active == self.active and self.state != ALL_PATHS_DOWN
+
+    def g_peer_not_coordinated(self, ev) -> bool:
+        return not self.params.coordinate
+
+    def g_simultaneous_lower_wins(self, ev) -> bool:
+        recent = self.moved_t is not None and self.now - self.moved_t <= 2 * self.params.peer_window_ns
+        return (recent and self.active is not None and ev.active > self.active and self.alive(self.active)
+                and self.state != ALL_PATHS_DOWN)
+
+    def g_peer_target_alive(self, ev) -> bool:
+        return self.alive(ev.active)
 
     def g_op_target_ok(self, ev) -> bool:
         return self._operator_target(ev) is not None
 
+    def g_op_forced_target_ok(self, ev) -> bool:
+        return ev.force and self._operator_target(ev) is not None
+
     def g_op_failback_ok(self, ev) -> bool:
         if self.active == 0 and self._src != ALL_PATHS_DOWN:
             return False
-        return self.usable(0) or (ev.force and self.facts[0].present)
+        return self.usable(0) or (ev.force and self.paths[0].present)
+
+    def g_op_forced_failback_ok(self, ev) -> bool:
+        return ev.force and self.paths[0].present and self.active != 0
 
     def g_offline_active_with_candidate(self, ev) -> bool:
         return self.g_on_active(ev) and self._failover_target() is not None
@@ -646,7 +918,7 @@ class Machine:
 
     def _operator_target(self, ev: m.OperatorFailover) -> int | None:
         if ev.path is not None:
-            f = self.facts[ev.path]
+            f = self.paths[ev.path]
             if ev.path == self.active and self._src != ALL_PATHS_DOWN:
                 return None
             return ev.path if self.usable(ev.path) or (ev.force and f.present) else None
@@ -668,39 +940,33 @@ class Machine:
         if self.timers.pop(name, None) is not None:
             self._emit(m.CancelTimer, name=name)
 
-    def _mac_for(self, path: int, holder: int) -> str:
-        """MAC of ``path`` while ``holder`` holds the identity: a swap, so no two NICs share one."""
-        if not self.params.carry_mac or len(self.hw_macs) != self.n:
-            return ""
-        identity = self.params.identity_mac or self.hw_macs[0]
-        if path == holder:
-            return identity
-        if path == 0 and not self.params.identity_mac:
-            return self.hw_macs[holder]  # the primary lends its MAC and takes the holder's own
-        return self.hw_macs[path]
-
-    def _begin_move(self, target: int) -> None:
-        source = self.active
-        self._cancel(TIMER_FAILBACK)
-        self._cancel(TIMER_ENABLE)
-        self.move = Move(source=source, target=target)
+    def _begin_move(self, target: int, by: str, attempt: int = 1, skip: tuple[int, ...] = (),
+                    source: int | None | type = ...) -> None:
+        source = self.active if source is ... else source
+        for name in (TIMER_FAILBACK, TIMER_ENABLE, TIMER_MOVE):
+            self._cancel(name)
         self.active = target
-        kernel: list[m.Action] = []
         if source is not None and source != target:
             self._emit(m.PauseMonitoring, path=source)
             self.paused.add(source)
-        for p in range(self.n):
-            if p != target:
-                admin_down = self.params.admin_down_failed and p == source and not self.usable(p)
-                if admin_down:
-                    # A down NIC cannot be probed: it stays out of service until an operator
-                    # brings it back with `hanet online`.
-                    self.facts[p].admin_downed = self.facts[p].offline = True
-                kernel.append(self._emit(m.DisableNic, path=p, admin_down=admin_down,
-                                         mac=self._mac_for(p, target)))
+        kernel: list[m.Action] = []
+        # The failed NIC first (the patent's order), then any other that might hold a copy.
+        others = sorted((p for p in range(self.n) if p != target), key=lambda p: p != source)
+        for p in others:
+            if not self.paths[p].present or p in skip:
+                continue  # a NIC that is gone holds nothing; one that refused stays as it is
+            admin_down = self.params.admin_down_failed and p == source and not self.usable(p)
+            if admin_down:
+                # A down NIC cannot be probed: it stays out of service until an operator
+                # brings it back with `hanet online`.
+                self._set(p, admin_downed=True, offline=True)
+            kernel.append(self._emit(m.DisableNic, path=p, admin_down=admin_down))
         kernel.append(self._emit(m.PlumbNic, path=target))
-        kernel.append(self._emit(m.ConfigureNic, path=target, from_path=source, mac=self._mac_for(target, target)))
-        self.move.awaiting = [a.id for a in kernel]
+        kernel.append(self._emit(m.ConfigureNic, path=target, from_path=source, layout=self.layout(target)))
+        self.mac_holder = target
+        self.move = Move(source=source, target=target, awaiting=tuple((a.id, a.path) for a in kernel),
+                         attempt=attempt, by=by, skip=skip)
+        self._start(TIMER_MOVE, self.now + self.params.move_timeout_ns)
         if self.params.enable_delay_ns > 0:
             self._start(TIMER_ENABLE, self.now + self.params.enable_delay_ns)
         else:
@@ -708,45 +974,61 @@ class Machine:
 
     def e_enable_phase(self) -> None:
         mv = self.move
-        mv.phase = 2
         kernel = [self._emit(m.EnableNic, path=mv.target),
                   self._emit(m.Announce, path=mv.target, count=self.params.announce_count)]
         if self.params.carry_routes:
             kernel.append(self._emit(m.MoveRoutes, path=mv.target))
-        mv.awaiting.extend(a.id for a in kernel)
+        self.move = dataclasses.replace(mv, phase=2, awaiting=mv.awaiting + tuple((a.id, a.path) for a in kernel))
 
     def e_finish_move(self) -> None:
         target = self.move.target
+        self._cancel(TIMER_MOVE)
         for p in sorted(self.paused):
             self._emit(m.ResumeMonitoring, path=p)
         self.paused.clear()
         if self.params.coordinate:
             self._emit(m.SendNotice, path=target, active=target)
+            self.told_peer = True
+        if self.move.by == "self":
+            self.moved_t = self.now
+        for p in self.move.skip:
+            if self.paths[p].present:
+                self._emit(m.DisableNic, path=p, admin_down=False)  # clearing it failed before: try again
         self.move = None
         if self.state == ALTERNATE_ACTIVE and self.g_better_usable_auto(None):
             self.e_arm_failback()
 
     def e_begin_failover(self) -> None:
-        self._begin_move(self._failover_target())
+        self._begin_move(self._failover_target(), by="self")
 
     def e_begin_follow(self) -> None:
-        self._begin_move(self._event.active)
+        self._begin_move(self._event.active, by="peer")
 
     def e_begin_operator_move(self) -> None:
-        self._begin_move(self._operator_target(self._event))
+        self._begin_move(self._operator_target(self._event), by="operator")
 
     def e_begin_failback(self) -> None:
-        target = self._better_path() if not isinstance(self._event, m.OperatorFailback) else 0
-        self._begin_move(target)
+        operator = isinstance(self._event, m.OperatorFailback)
+        self._begin_move(0 if operator else self._better_path(), by="operator" if operator else "self")
 
     def e_reissue_move(self) -> None:
-        self._begin_move(self.move.target)
-        self.move.source = None
+        mv = self.move
+        retry = isinstance(self._event, m.TimerFired)
+        # The source of a move interrupted by a restart is unknown now: every other NIC is cleared.
+        self._begin_move(mv.target, by=mv.by, attempt=mv.attempt + 1 if retry else mv.attempt,
+                         skip=mv.skip, source=mv.source if retry else None)
+
+    def e_continue_move(self) -> None:
+        mv = self.move
+        failed = self._awaited_path(self._event.action_id)
+        self._begin_move(mv.target, by=mv.by, attempt=mv.attempt, skip=mv.skip + (failed,), source=mv.source)
 
     def e_all_down(self) -> None:
+        if self.move is not None:
+            self.active = None  # a move cut short: the identity may be on no NIC, or half installed
         self.move = None
-        self._cancel(TIMER_FAILBACK)
-        self._cancel(TIMER_ENABLE)
+        for name in (TIMER_FAILBACK, TIMER_ENABLE, TIMER_MOVE):
+            self._cancel(name)
 
     def e_arm_failback(self) -> None:
         if TIMER_FAILBACK not in self.timers:
@@ -759,39 +1041,137 @@ class Machine:
     def e_resume_all(self) -> None:
         for p in range(self.n):
             self._emit(m.ResumeMonitoring, path=p)
+        # A MAC layout torn by a crash (or two NICs found sharing a MAC) is put right in place.
+        want = self.layout(self.active)
+        self.mac_holder = self.active
+        if want and any(w != f for w, f in zip(want, self._found_macs) if f):
+            self._emit(m.ConfigureNic, path=self.active, from_path=None, layout=want)
 
-    def e_return_to_holder(self) -> None:
-        """Back from all-paths-down on the NIC that kept the identity: nothing moves, but the
-        addresses are made sure of and announced, and the peer told."""
-        self._emit(m.EnableNic, path=self.active)
-        self._emit(m.Announce, path=self.active, count=self.params.announce_count)
-        for p in sorted(self.paused):
-            self._emit(m.ResumeMonitoring, path=p)
-        self.paused.clear()
-        if self.params.coordinate:
-            self._emit(m.SendNotice, path=self.active, active=self.active)
+    def e_tell_peer_once(self) -> None:
+        """The first path heard in a run carries our notice: a restarted node tells its peer where
+        its identity is, so the two settle on one path at once."""
+        if self.params.coordinate and not self.told_peer and self.active is not None:
+            self._emit(m.SendNotice, path=self._path_of(), active=self.active)
+            self.told_peer = True
+
+    def e_answer_peer(self) -> None:
+        """Tell the peer where our identity is, at most once per detection time."""
+        if not self.params.coordinate or self.active is None:
+            return
+        if self.notice_t is None or self.now - self.notice_t >= self.params.peer_window_ns:
+            self._emit(m.SendNotice, path=self._event.path, active=self.active)
+            self.notice_t = self.now
 
     def e_plumb_online(self) -> None:
-        self.facts[self._event.path].admin_downed = False
+        self._set(self._event.path, admin_downed=False)
         self._emit(m.PlumbNic, path=self._event.path)
 
+    def e_refuse(self) -> None:
+        """An operator's command refused: nothing changes (the reason tells the operator why)."""
+
     def e_refuse_offline(self) -> None:
-        self.facts[self._event.path].offline = False  # it stays in service
+        self._set(self._event.path, offline=False)  # it stays in service
 
     def e_restore_addresses(self) -> None:
         self._emit(m.EnableNic, path=self.active)
         self._emit(m.Announce, path=self.active, count=self.params.announce_count)
 
 
+@functools.lru_cache(maxsize=8)
+def rules(params: Params) -> Rules:
+    """The rules for ``params`` (built once: building the table costs about a millisecond)."""
+    return Rules(params)
+
+
+def step(params: Params, state: State, event: m.Event) -> Step:
+    """The pure step: (state, event) -> Step with the new state and the actions."""
+    return rules(params).step(state, event)
+
+
+class Machine:
+    """The current state of one node, stepped by events: a thin holder for the shell and tests."""
+
+    def __init__(self, params: Params, state: State | None = None):
+        self.params = params
+        self.current = state if state is not None else initial_state(params)
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any] | Params) -> "Machine":
+        return cls(params if isinstance(params, Params) else Params.from_dict(params))
+
+    @classmethod
+    def from_snapshot(cls, params: dict[str, Any] | Params, snap: dict[str, Any]) -> "Machine":
+        params = params if isinstance(params, Params) else Params.from_dict(params)
+        return cls(params, State.from_dict(snap, params))
+
+    def step(self, event: m.Event) -> Step:
+        result = step(self.params, self.current, event)
+        self.current = result.state
+        return result
+
+    def reconfigure(self, params: dict[str, Any] | Params) -> list[str]:
+        """New parameters (a restart or reload) keep the folded state; paths are matched by name.
+        Returns what changed in the path list, in words."""
+        new = params if isinstance(params, Params) else Params.from_dict(params)
+        self.current, changes = adapt(self.current, self.params, new)
+        self.params = new
+        return changes
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.current.to_dict()
+
+    # -- read-only views of the current state
+    @property
+    def state(self) -> str:
+        return self.current.name
+
+    @property
+    def active(self) -> int | None:
+        return self.current.active
+
+    @property
+    def move(self) -> Move | None:
+        return self.current.move
+
+    @property
+    def facts(self) -> tuple[PathFacts, ...]:
+        return self.current.paths
+
+    @property
+    def timers(self) -> dict[str, int]:
+        return dict(self.current.timers)
+
+    def view(self, now: int | None = None) -> "PathView":
+        """Derived facts of every path as of ``now`` (default: the state's own time)."""
+        return PathView(rules(self.params), self.current, self.current.now if now is None else max(now, self.current.now))
+
+
+class PathView:
+    """Damping, usability and the decayed penalty of each path at a given time, for status."""
+
+    def __init__(self, r: Rules, state: State, now: int):
+        self._r, self._s, self.now = r, state, now
+
+    def penalty(self, path: int) -> float:
+        return self._r.decayed(self._s.paths[path], self.now)
+
+    def damped(self, path: int) -> bool:
+        return self._r.damped(self._s.paths[path], self.now)
+
+    def usable(self, path: int) -> bool:
+        return self._r.usable_at(self._s.paths[path], self.now)
+
+
 def planned_move(params: Params, own_macs: tuple[str, ...], source: int, target: int) -> tuple[m.Action, ...]:
     """The kernel actions this machine issues to move the identity from ``source`` to ``target``
     with every path healthy, for tools and tests that drive the executor directly."""
     mach = Machine(dataclasses.replace(params, enable_delay_ns=0))
-    mach.step(m.DaemonStarted(t_ns=0, holder=source, carrier=(True,) * mach.n, macs=tuple(own_macs)))
-    for path in range(mach.n):
+    n = len(params.paths)
+    mach.step(m.DaemonStarted(t_ns=0, holder=source, carrier=(True,) * n, macs=tuple(own_macs)))
+    for path in range(n):
         mach.step(m.HeartbeatRecovered(t_ns=0, path=path))
-    step = mach.step(m.OperatorFailover(t_ns=0, path=target, force=True))
-    return tuple(a for a in step.actions if isinstance(a, m.KERNEL_ACTIONS))
+    step_ = mach.step(m.OperatorFailover(t_ns=0, path=target, force=True))
+    return tuple(a for a in step_.actions if isinstance(a, m.KERNEL_ACTIONS))
 
 
 def check_table_total() -> list[tuple[str, str]]:

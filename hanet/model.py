@@ -84,12 +84,17 @@ class DaemonStarted(Event):
     """The daemon (re)started and reconciled with the kernel.
 
     ``holder`` is the path index whose interface carries the identity now (None: on none, or split).
-    ``carrier`` is the carrier bit per path as read at start.
+    ``carrier`` is the carrier bit per path as read at start, ``present`` whether its NIC exists.
+    ``down_ns`` is how long the daemon was not running, by the wall clock: after a reboot the
+    monotonic clock starts again, and the machine carries its recorded times over with it.
     """
     type: ClassVar[str] = "daemon.started"
     holder: int | None = None
     carrier: tuple[bool, ...] = ()
-    macs: tuple[str, ...] = ()  # each path NIC's MAC as found now
+    macs: tuple[str, ...] = ()      # each path NIC's MAC as found now ("" if the NIC is missing)
+    hw_macs: tuple[str, ...] = ()   # each NIC's permanent MAC where the driver reports one, else ""
+    present: tuple[bool, ...] = ()
+    down_ns: int = 0
 
 
 @event
@@ -272,13 +277,10 @@ class RebindProbe(Action):
 @action
 class DisableNic(Action):
     """Remove the carried addresses from ``path``'s NIC; set it admin-down only if ``admin_down``.
-
-    ``mac`` (if not "") is the MAC the NIC takes as a non-holder: half of the MAC swap.
-    """
+    A NIC that does not exist holds nothing: the goal is reached."""
     type: ClassVar[str] = "nic.disable"
     path: int = 0
     admin_down: bool = False
-    mac: str = ""
 
 
 @action
@@ -290,11 +292,13 @@ class PlumbNic(Action):
 
 @action
 class ConfigureNic(Action):
-    """Give ``path``'s NIC the identity ``mac`` (if not "") taken over from ``from_path``."""
+    """Give ``path``'s NIC the identity taken over from ``from_path``: the MAC ``layout`` (one MAC
+    per path, () = MACs are not carried) is applied as a permutation of the NICs' current MACs,
+    through temporary locally administered MACs, so no two NICs ever share one."""
     type: ClassVar[str] = "nic.configure"
     path: int = 0
     from_path: int | None = None
-    mac: str = ""
+    layout: tuple[str, ...] = ()
 
 
 @action

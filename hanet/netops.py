@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import hashlib
 import ipaddress
 import itertools
 import os
@@ -76,6 +77,8 @@ class Reconciled:
     macs: tuple[str, ...]              # per path: current MAC ("" if the NIC is missing)
     found: dict[int, list[str]]        # path -> carried addresses on its NIC
     routes: dict[int, list[str]] = field(default_factory=dict)  # path -> carried routes via its NIC
+    hw_macs: tuple[str, ...] = ()      # per path: permanent MAC where the driver reports one, else ""
+    present: tuple[bool, ...] = ()     # per path: the NIC exists
 
     @property
     def split(self) -> dict[str, list[int]]:
@@ -153,6 +156,10 @@ class NetOps:
         try:
             ifindex = self.announcer.ifindex(ifname)
         except OSError as exc:
+            if exc.errno == errno.ENODEV and isinstance(act, model.DisableNic):
+                # A NIC that is gone holds no address: clearing it is done.
+                return model.ActionDone(time.monotonic_ns(), action_id=act.id, kind=act.type,
+                                        detail=f"{ifname} absent: holds nothing")
             return self._failed(act, f"{where}: {_errname(exc.errno)} ({exc.strerror}) looking up the interface")
         notes: list[str] = []
         try:
@@ -274,15 +281,60 @@ class NetOps:
         ops += [self._addr_del(c, ifname) for c in reversed(self.carried)]
         if act.admin_down:
             ops.append(self._link_state(ifname, "down"))
-        if act.mac:
-            ops.append(self._link_mac(ifname, act.mac, keep_up=not act.admin_down))
         return ops
 
     def _plan_plumb(self, act: model.PlumbNic, ifname: str) -> list[_Op]:
         return [self._link_state(ifname, "up")]
 
     def _plan_configure(self, act: model.ConfigureNic, ifname: str) -> list[_Op]:
-        return [self._link_mac(ifname, act.mac, keep_up=True)] if act.mac else []
+        if not act.layout:
+            return []
+        text = "MAC layout " + " ".join(
+            f"{self.cfg.paths[p].interface}={mac}" for p, mac in enumerate(act.layout) if mac)
+        return [_Op(f"{text} (a permutation, through temporary locally administered MACs)",
+                    local=lambda: self._apply_layout(act.layout, act.path))]
+
+    # ------------------------------------------------------------------ MAC layout
+    def park_mac(self, path: int) -> str:
+        """A locally administered MAC of this node's NIC on ``path``, unique to node and NIC, that
+        the NIC holds for a moment while MACs change places."""
+        seed = f"{self.cfg.node_id}/{self.cfg.paths[path].interface}".encode()
+        b = bytearray(hashlib.blake2s(seed, digest_size=6).digest())
+        b[0] = (b[0] & 0xFC) | 0x02
+        return b.hex(":")
+
+    def _apply_layout(self, layout: tuple[str, ...], first: int) -> str:
+        """Give every present path NIC its MAC in ``layout``, one NIC at a time, never setting a
+        MAC that another path NIC holds at that moment: a cycle (a swap) is broken by parking one
+        NIC on its temporary MAC. ``first`` (the target) gets its MAC as early as it can."""
+        current: dict[int, str] = {}
+        for p, pc in enumerate(self.cfg.paths):
+            try:
+                current[p] = self.announcer.hwaddr(pc.interface)
+            except OSError as exc:
+                if exc.errno != errno.ENODEV:
+                    raise
+        pending = [p for p in sorted(current, key=lambda p: p != first)
+                   if p < len(layout) and layout[p] and current[p] != layout[p]]
+        steps = []
+        for _ in range(2 * len(self.cfg.paths) + 1):  # each NIC moves at most twice
+            if not pending:
+                break
+            held = set(current.values())
+            free = [p for p in pending if layout[p] not in held]
+            if free:
+                p, mac = free[0], layout[free[0]]
+                pending.remove(p)
+            else:  # every wanted MAC is held: a cycle; park one NIC that is not the target
+                p = next((q for q in pending if q != first), pending[0])
+                mac = self.park_mac(p)
+            ifname = self.cfg.paths[p].interface
+            error = self._send_batch([self._link_mac(ifname, mac, keep_up=True)], self.announcer.ifindex(ifname))
+            if error:
+                raise OSError(errno.EIO, f"{ifname}: {error}")
+            current[p] = mac
+            steps.append(f"{ifname}={mac}")
+        return "macs " + (" ".join(steps) or "already in place")
 
     def _plan_enable(self, act: model.EnableNic, ifname: str) -> list[_Op]:
         return [self._addr_add(c, ifname) for c in self.carried]
@@ -361,16 +413,19 @@ class NetOps:
         for link in self.ipr.get_links():
             by_name[link.get_attr("IFLA_IFNAME")] = link
         index_to_path: dict[int, int] = {}
-        carrier, macs = [], []
+        carrier, macs, hw_macs = [], [], []
         for i, p in enumerate(self.cfg.paths):
             link = by_name.get(p.interface)
             if link is None:
                 carrier.append(False)
                 macs.append("")
+                hw_macs.append("")
                 continue
             index_to_path[link["index"]] = i
             carrier.append(bool(link["flags"] & IFF_UP) and link.get_attr("IFLA_CARRIER") == 1)
             macs.append(link.get_attr("IFLA_ADDRESS") or "")
+            perm = link.get_attr("IFLA_PERM_ADDRESS") or ""
+            hw_macs.append("" if perm in ("", "00:00:00:00:00:00") else perm)
 
         wanted = {self._key(c.address): c.address for c in self.carried}
         found: dict[int, list[str]] = {}
@@ -385,7 +440,9 @@ class NetOps:
         holders = sorted(p for p, addrs in found.items() if main in addrs)
         return Reconciled(holder=holders[0] if holders else None, carrier=tuple(carrier),
                           macs=tuple(macs), found={p: sorted(a) for p, a in sorted(found.items())},
-                          routes=self._carried_routes(index_to_path))
+                          routes=self._carried_routes(index_to_path), hw_macs=tuple(hw_macs),
+                          present=tuple(bool(mac) or by_name.get(p.interface) is not None
+                                        for mac, p in zip(macs, self.cfg.paths)))
 
     def _carried_routes(self, index_to_path: dict[int, int]) -> dict[int, list[str]]:
         if not self.cfg.carries("routes") or not self.cfg.identity.routes:
