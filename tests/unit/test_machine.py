@@ -77,7 +77,9 @@ class Driver:
             elif isinstance(act, m.KERNEL_ACTIONS):
                 if any(isinstance(o, m.ActionFailed) for o in outcomes):
                     continue  # the shell skips the step's later kernel actions after a failure
-                if (act.type, act.path) in self.fail_steps or not self.kernel.apply(act):
+                # Injected failures hit the steps of a move (a repair outside one is not retried).
+                inject = (act.type, act.path) in self.fail_steps and step.dst in M.MOVING
+                if inject or not self.kernel.apply(act):
                     self.fail_steps.discard((act.type, act.path))  # fails once
                     if isinstance(act, m.DisableNic):
                         self.kernel.stuck.add(act.path)
