@@ -95,7 +95,7 @@ def _read_bounded(path: str, before: os.stat_result) -> bytes:
 
 def _key(path: str, raw: bytes) -> bytes:
     key = raw.strip()
-    if key and all(b in HEX_DIGITS for b in key):
+    if all(b in HEX_DIGITS for b in key):  # also the empty file
         material = len(key) // 2
     elif _is_text(key):
         raise KeyFileError(f"{path} holds text that is not hex digits (a passphrase?); "

@@ -5,14 +5,18 @@ import asyncio
 import contextlib
 import json
 import os
+import pathlib
+import re
 import socket
 import stat
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
-from hanet import control
+from hanet import config, control
 from hanet.control import CommandError, ControlError, ControlServer, render_status, request
 
 SAMPLE_STATUS = {
@@ -550,12 +554,10 @@ def test_access_from_names_resolves_users_and_groups():
 
 
 def test_server_takes_a_control_config(sock_path, handler):
-    from hanet.config import ControlConfig
-
-    srv = ControlServer(sock_path, 0o660, handler, ControlConfig(read_groups=("nogroup",)))
+    srv = ControlServer(sock_path, 0o660, handler, config.ControlConfig(read_groups=("nogroup",)))
     assert srv.access.read_gids == {65534}
     with pytest.raises(ControlError, match="no user named"):
-        ControlServer(sock_path, 0o600, handler, ControlConfig(admin_users=("no-such-user-here",)))
+        ControlServer(sock_path, 0o600, handler, config.ControlConfig(admin_users=("no-such-user-here",)))
 
 
 @pytest.mark.parametrize("mode", [0o666, 0o602, 0o1600, -1, 0o7777])
@@ -589,3 +591,78 @@ def test_server_refuses_a_directory_others_can_write(tmp_path, handler):
         assert request(str(shared / "control.sock"), "status")["ok"] is True
     finally:
         srv.stop()
+
+
+# --------------------------------------------------------------------------- [control] configuration
+def control_config(tmp_path, section: str):
+    """conf/hanet.toml with its [control] section replaced by ``section``."""
+    example = (pathlib.Path(__file__).resolve().parents[2] / "conf" / "hanet.toml").read_text()
+    key = tmp_path / "heartbeat.key"
+    if not key.exists():
+        key.write_text("0123456789abcdef" * 4 + "\n")
+        key.chmod(0o600)
+    text = example.replace("/etc/hanet/heartbeat.key", str(key))
+    text = re.sub(r"\[control\]\n(?:(?!\n\[).)*\n", "[control]\n" + section + "\n", text, flags=re.S)
+    assert "[metrics]" in text
+    return config.parse(text, file="hanet.toml")
+
+
+def test_control_keys_are_read_and_names_resolve(tmp_path):
+    cfg = control_config(tmp_path, f'socket = "{tmp_path}/c.sock"\nmode = 0o660\n'
+                                   'admin_users = ["root"]\nadmin_groups = ["root"]\n'
+                                   'read_users = ["nobody"]\nread_groups = ["nogroup"]')
+    c = cfg.control
+    assert (c.mode, c.admin_users, c.admin_groups, c.read_users, c.read_groups) == (
+        0o660, ("root",), ("root",), ("nobody",), ("nogroup",))
+    access = control.Access.from_config(c)
+    assert access.read_uids == {65534} and access.admin_gids == {0}
+
+
+def test_control_defaults_let_only_root_and_the_daemons_user_in(tmp_path):
+    c = control_config(tmp_path, "").control
+    assert (c.mode, c.admin_users, c.admin_groups, c.read_users, c.read_groups) == (0o600, (), (), (), ())
+
+
+@pytest.mark.parametrize("section, key, reason", [
+    ("mode = 0o666", "control.mode", "lets every local user connect"),
+    ("mode = 0o602", "control.mode", "lets every local user connect"),
+    ("mode = 0o1600", "control.mode", "from 0o000 to 0o777"),
+    ("mode = -1", "control.mode", "from 0o000 to 0o777"),
+    ('mode = "0600"', "control.mode", "must be int"),
+    ("mode = 384.0", "control.mode", "must be int"),
+    ("mode = true", "control.mode", "must be int"),
+    ('admin_users = ["root", "no-such-user-here"]', "control.admin_users[1]", "no user named 'no-such-user-here'"),
+    ('admin_groups = ["no-such-group-here"]', "control.admin_groups[0]", "no group named 'no-such-group-here'"),
+    ('read_users = ["no-such-user-here"]', "control.read_users[0]", "no user named"),
+    ('read_groups = ["no-such-group-here"]', "control.read_groups[0]", "no group named"),
+    ("read_groups = [7]", "control.read_groups[0]", "must be str"),
+    ('read_groups = "nogroup"', "control.read_groups", "must be list"),
+    ('socket = ""', "control.socket", "must not be empty"),
+    ("admins = []", "control.admins", "unknown key"),
+])
+def test_bad_control_keys_name_the_key(tmp_path, section, key, reason):
+    with pytest.raises(config.ConfigError) as info:
+        control_config(tmp_path, section)
+    assert info.value.key == key and reason in info.value.reason, info.value
+
+
+def test_a_socket_directory_others_can_write_is_a_config_error(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(config.ConfigError) as info:
+        control_config(tmp_path, f'socket = "{shared}/control.sock"')
+    assert info.value.key == "control.socket" and "writable by group or others" in info.value.reason
+    # A directory that does not exist yet is judged by the nearest one that does.
+    assert control_config(tmp_path, f'socket = "{tmp_path}/run/hanet/control.sock"').control.socket
+
+
+def test_cli_check_exits_2_for_a_mode_others_could_write(tmp_path):
+    root = pathlib.Path(__file__).resolve().parents[2]
+    control_config(tmp_path, "")  # writes the key file
+    text = (root / "conf" / "hanet.toml").read_text().replace("/etc/hanet/heartbeat.key", str(tmp_path / "heartbeat.key"))
+    conf = tmp_path / "bad.toml"
+    conf.write_text(text.replace("mode = 0o600", "mode = 0o666"))
+    proc = subprocess.run([sys.executable, "-m", "hanet", "check", "--no-interfaces", "-c", str(conf)],
+                          capture_output=True, text=True, cwd=root, timeout=30)
+    assert proc.returncode == 2 and f"{conf}: control.mode: 0o666 lets every local user connect" in proc.stderr
