@@ -8,7 +8,7 @@ way. A connection may carry several requests; each gets exactly one response lin
 
 Commands and their ``args`` (all optional unless marked):
 
-    status                                         -> {"ok": true, "status": STATUS}
+    status                                         -> {"ok": true, **STATUS}
     failover   to: str (path name or interface), force: bool
     failback   force: bool
     offline    interface: str (required), force: bool
@@ -504,6 +504,9 @@ def request(path: str, cmd: str, timeout: float = 5.0, **args: Any) -> dict:
                 buf += chunk
     except (FileNotFoundError, ConnectionRefusedError) as exc:
         raise ControlError(f"hanet is not running (no control socket at {path}: {exc.strerror})") from None
+    except PermissionError:
+        raise ControlError(f"permission denied on {path}: [control] mode and the socket's group "
+                           f"decide who may connect") from None
     except TimeoutError:
         raise ControlError(f"no answer from {path} within {timeout:g} s") from None
     except OSError as exc:

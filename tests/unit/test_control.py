@@ -45,7 +45,7 @@ class Recorder:
     def __call__(self, cmd: str, args: dict, who: str) -> dict:
         self.calls.append((cmd, args, who))
         if cmd == "status":
-            return {"status": SAMPLE_STATUS}
+            return dict(SAMPLE_STATUS)  # as the daemon answers: STATUS keys beside "ok"
         if args.get("interface") == "nic9":
             raise CommandError("no path uses interface 'nic9'")
         if args.get("interface") == "boom":
@@ -114,7 +114,7 @@ def exchange(path: str, lines: list[bytes], timeout: float = 5.0) -> list[dict]:
 # --------------------------------------------------------------------------- commands
 def test_status_round_trip(served, sock_path, handler):
     response = request(sock_path, "status")
-    assert response == {"ok": True, "status": SAMPLE_STATUS}
+    assert response == {"ok": True, **SAMPLE_STATUS}
     assert handler.calls == [("status", {}, own_identity())]
 
 
@@ -157,7 +157,7 @@ def test_handler_returning_non_dict_is_an_error(sock_path):
 def test_several_requests_on_one_connection_answered_in_order(served, sock_path, handler):
     lines = [b'{"cmd":"status"}\n', b'{"cmd":"failback","args":{}}\n', b'{"cmd":"status"}\n']
     responses = exchange(sock_path, lines)
-    assert [("status" in r, r.get("detail")) for r in responses] == [
+    assert [("paths" in r, r.get("detail")) for r in responses] == [
         (True, None), (False, "failback queued"), (True, None)]
 
 
@@ -305,7 +305,7 @@ def test_idle_connections_never_lock_out_the_operator(sock_path, handler, monkey
     idle = idle_connections(sock_path, 64)
     try:
         # Answered now, not after the idle connections time out (the client gives up after 5 s).
-        assert request(sock_path, "status", timeout=5.0) == {"ok": True, "status": SAMPLE_STATUS}
+        assert request(sock_path, "status", timeout=5.0) == {"ok": True, **SAMPLE_STATUS}
         held = srv.run(_count(srv.server))
         assert held <= control.MAX_CLIENTS_PER_UID
     finally:
@@ -666,3 +666,32 @@ def test_cli_check_exits_2_for_a_mode_others_could_write(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "hanet", "check", "--no-interfaces", "-c", str(conf)],
                           capture_output=True, text=True, cwd=root, timeout=30)
     assert proc.returncode == 2 and f"{conf}: control.mode: 0o666 lets every local user connect" in proc.stderr
+
+
+# --------------------------------------------------------------------------- the hanet command's client side
+def hanet(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hanet", *argv], capture_output=True, text=True, timeout=30,
+                          cwd=pathlib.Path(__file__).resolve().parents[2])
+
+
+def test_cli_failover_without_a_target_sends_no_target(served, sock_path, handler):
+    proc = hanet("failover", "-s", sock_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("failover done:")
+    assert handler.calls[0][:2] == ("failover", {"force": False})
+
+
+def test_cli_prints_a_refusal_on_stderr_and_exits_1(served, sock_path):
+    proc = hanet("offline", "nic9", "-s", sock_path)
+    assert proc.returncode == 1 and proc.stderr == "hanet: offline refused: no path uses interface 'nic9'\n"
+
+
+def test_cli_reads_only_the_socket_path_from_the_config(served, sock_path, tmp_path):
+    # No key file, no NICs: an operator who may run status need not be able to read either.
+    conf = tmp_path / "op.toml"
+    conf.write_text(f'[heartbeat]\nkey_file = "/nonexistent/key"\n[control]\nsocket = "{sock_path}"\n')
+    proc = hanet("status", "-c", str(conf))
+    assert proc.returncode == 0 and "node alpha" in proc.stdout, proc.stderr
+    conf.write_text("[control]\nsocket = 7\n")
+    proc = hanet("status", "-c", str(conf))
+    assert proc.returncode == 2 and "control.socket: must be a non-empty string" in proc.stderr
