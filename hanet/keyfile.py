@@ -9,8 +9,9 @@ The checks, each refused with a reason that names the fix:
 - the path is not a symbolic link (O_NOFOLLOW), and is a regular file (checked before opening, so
   a FIFO or a device is never opened, and again with fstat on what was opened);
 - no permission bit for group or others (mode 0600 or 0400);
-- owned by root or by the user reading it (the daemon's user);
-- every directory above it owned by root or that user and not writable by group or others (unless
+- owned by a trusted user: root, the user reading it, or the system user DAEMON_USER that
+  conf/hanet.service runs the daemon as (so root's ``hanet check`` accepts what the daemon reads);
+- every directory above it owned by a trusted user and not writable by group or others (unless
   sticky, like /tmp): otherwise another user could swap the file for their own;
 - at most KEY_MAX_FILE_BYTES (read at most one byte more, whatever the file claims).
 """
@@ -23,6 +24,7 @@ import stat
 
 KEY_MIN_BYTES = 32          # of key material: 64 hex digits, or 32 binary bytes
 KEY_MAX_FILE_BYTES = 4096
+DAEMON_USER = "hanet"       # the User= of conf/hanet.service
 HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 
 
@@ -53,10 +55,9 @@ def _check_file(path: str, st: os.stat_result) -> None:
     if mode & 0o077:
         raise KeyFileError(f"{path} is open to group or others (mode {mode:04o}); "
                            f"fix it with: chmod 600 {path}")
-    euid = os.geteuid()
-    if st.st_uid not in (0, euid):
-        raise KeyFileError(f"{path} is owned by {_user(st.st_uid)}, not by root or by the user hanet "
-                           f"runs as ({_user(euid)}); fix it with: chown {_user_name(euid)} {path}")
+    if st.st_uid not in trusted_owners():
+        raise KeyFileError(f"{path} is owned by {_user(st.st_uid)}; {_trusted_text()} may own it: "
+                           f"chown {_owner_fix()} {path}")
     if st.st_size > KEY_MAX_FILE_BYTES:
         raise KeyFileError(f"{path} is {st.st_size} bytes; a key file holds at most {KEY_MAX_FILE_BYTES}")
 
@@ -119,7 +120,7 @@ def _is_text(data: bytes) -> bool:
 def unsafe_directories(directory: str) -> str:
     """Why ``directory`` or one above it lets another user replace what it holds; "" if nothing.
     A directory that does not exist yet is skipped: its existing parent decides."""
-    euid = os.geteuid()
+    trusted = trusted_owners()
     current = os.path.abspath(directory)
     while True:
         try:
@@ -130,9 +131,8 @@ def unsafe_directories(directory: str) -> str:
             return f"cannot check directory {current}: {exc.strerror}"
         if st is not None:
             mode = stat.S_IMODE(st.st_mode)
-            if st.st_uid not in (0, euid):
-                return (f"directory {current} is owned by {_user(st.st_uid)}, not by root or by the "
-                        f"user hanet runs as ({_user(euid)})")
+            if st.st_uid not in trusted:
+                return f"directory {current} is owned by {_user(st.st_uid)}; only {_trusted_text()} may own it"
             if mode & 0o022 and not mode & stat.S_ISVTX:
                 return (f"directory {current} is writable by group or others (mode {mode:04o}); "
                         f"fix it with: chmod go-w {current}")
@@ -140,6 +140,31 @@ def unsafe_directories(directory: str) -> str:
         if parent == current:
             return ""
         current = parent
+
+
+def trusted_owners() -> frozenset[int]:
+    """Users who may own the key and the directories above it: root, this process's user, and
+    DAEMON_USER where it exists."""
+    owners = {0, os.geteuid()}
+    try:
+        owners.add(pwd.getpwnam(DAEMON_USER).pw_uid)
+    except KeyError:
+        pass
+    return frozenset(owners)
+
+
+def _trusted_text() -> str:
+    names = ["root", DAEMON_USER, _user_name(os.geteuid())]
+    names = [n for i, n in enumerate(names) if n not in names[:i]]
+    return "only " + (" or ".join(names) if len(names) < 3 else f"{names[0]}, {names[1]} or {names[2]}")
+
+
+def _owner_fix() -> str:
+    """Whom to give the key to: the daemon's user where it exists, else whoever runs this."""
+    try:
+        return pwd.getpwnam(DAEMON_USER).pw_name
+    except KeyError:
+        return _user_name(os.geteuid())
 
 
 def _kind(mode: int) -> str:

@@ -99,11 +99,23 @@ def test_a_directory_is_refused(keydir):
     assert "a directory, not a regular file" in refused(keydir)
 
 
-def test_a_file_owned_by_another_user_is_refused(keydir):
+def test_a_file_owned_by_another_user_is_refused(keydir, monkeypatch):
+    monkeypatch.setattr(keyfile, "DAEMON_USER", "no-such-daemon-user")
     path = write_key(keydir / "k")
     os.chown(path, 65534, 65534)
     reason = refused(path)
-    assert "owned by uid 65534" in reason and f"chown {keyfile._user_name(os.geteuid())} {path}" in reason
+    assert "owned by uid 65534 (nobody); only root or no-such-daemon-user may own it" in reason
+    assert f"chown root {path}" in reason  # no such daemon user here: the user running this
+
+
+def test_the_daemons_system_user_may_own_the_key(keydir, monkeypatch):
+    # conf/hanet.service runs the daemon as DAEMON_USER; root's `hanet check` must accept its key.
+    monkeypatch.setattr(keyfile, "DAEMON_USER", "nobody")
+    path = write_key(keydir / "k")
+    os.chown(path, 65534, 65534)
+    assert read_key(str(path)) == HEX_KEY
+    os.chown(path, 1, 1)
+    assert "only root or nobody may own it: chown nobody" in refused(path)
 
 
 @pytest.mark.parametrize("mode", [0o777, 0o770, 0o702, 0o720])
