@@ -272,7 +272,8 @@ class ControlServer:
             return
         server.close()
         for conn in self._clients.values():
-            conn.writer.close()  # each connection's task then sees end of stream and returns
+            conn.evicted = True   # a half-sent request is dropped, not taken for a last one
+            conn.writer.close()   # each connection's task then sees end of stream and returns
         if self._clients:
             await asyncio.wait(list(self._clients), timeout=5.0)
         await server.wait_closed()
@@ -331,11 +332,13 @@ class ControlServer:
             pass  # the client went away, or stopped reading its answers
         finally:
             self._clients.pop(task, None)
-            if conn.evicted:
-                return
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await asyncio.wait_for(writer.wait_closed(), WRITE_TIMEOUT_S)
+        if conn.evicted:
+            return  # already closed by whoever evicted it
+        writer.close()
+        try:
+            await asyncio.wait_for(writer.wait_closed(), WRITE_TIMEOUT_S)
+        except (ConnectionError, TimeoutError):
+            writer.transport.abort()  # answers it will never read must not keep the socket open
 
     def _respond(self, line: bytes, peer: Peer) -> dict:
         who = str(peer)

@@ -352,6 +352,10 @@ def test_a_client_that_never_reads_is_dropped(sock_path, handler, monkeypatch):
                 time.sleep(0.05)
             assert srv.run(_count(srv.server)) == 0
             assert request(sock_path, "status")["ok"] is True
+            # The server's end is closed, not lingering with answers nobody reads.
+            hog.settimeout(5)
+            with pytest.raises((BrokenPipeError, ConnectionResetError)):
+                hog.send(b"x")
     finally:
         srv.stop()
 
@@ -695,3 +699,15 @@ def test_cli_reads_only_the_socket_path_from_the_config(served, sock_path, tmp_p
     conf.write_text("[control]\nsocket = 7\n")
     proc = hanet("status", "-c", str(conf))
     assert proc.returncode == 2 and "control.socket: must be a non-empty string" in proc.stderr
+
+
+def test_a_half_sent_request_is_not_run_when_the_server_closes(sock_path, handler):
+    srv = ServerThread(sock_path, handler).start()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.connect(sock_path)
+        client.sendall(b'{"cmd":"failback"}')  # its newline not sent yet
+        deadline = time.monotonic() + 5
+        while not srv.run(_count(srv.server)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        srv.stop()
+    assert handler.calls == []
