@@ -129,8 +129,16 @@ def cmd_keygen(args) -> int:
         print(f"hanet: {args.file} exists; not overwriting a key", file=sys.stderr)
         return EXIT_FAIL
     with os.fdopen(fd, "w") as fh:
-        fh.write(secrets.token_hex(32) + "\n")
+        fh.write(secrets.token_hex(32) + "\n")  # 32 random bytes as 64 hex digits (hanet/keyfile.py)
+        fh.flush()
+        os.fsync(fh.fileno())
     print(f"wrote a 256-bit key to {args.file}; copy it to the peer")
+    from . import keyfile
+
+    try:
+        keyfile.read_key(args.file)
+    except keyfile.KeyFileError as exc:  # e.g. a directory others can write: say so now, not at start
+        print(f"hanet: warning: hanet will refuse this key file: {exc}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -221,3 +221,12 @@ def test_keygen_ignores_a_permissive_umask(keydir):
         os.umask(old)
     assert (keydir / "k").stat().st_mode & 0o777 == 0o600
     assert len(read_key(str(keydir / "k"))) == 64
+
+
+def test_keygen_warns_at_once_where_the_key_would_be_refused(tmp_path, capsys):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    assert cli.main(["keygen", str(shared / "k")]) == cli.EXIT_OK
+    err = capsys.readouterr().err
+    assert "hanet will refuse this key file" in err and f"directory {shared} is writable" in err
