@@ -258,3 +258,48 @@ def test_hanet_run_refuses_a_bad_key_file_before_touching_any_interface(tmp_path
         assert not os.path.exists(lab.log_path("alpha")) and not os.path.exists(lab.socket_path("alpha"))
     finally:
         lab.destroy()
+
+
+@pytest.fixture
+def daemon_lab():
+    """A running two-node lab whose control sockets are 0660 (group root), in directories every
+    user may traverse, so that processes of other users reach the socket and meet the daemon's
+    own checks rather than the file mode."""
+    base = tempfile.mkdtemp(prefix="hanet-ctl-daemon-")
+    os.chmod(base, 0o755)
+    lab = None
+    try:
+        lab = labmod.Lab.create(os.path.join(base, "lab"), overrides={"control": {"mode": 0o660}})
+        os.chmod(lab.workdir, 0o755)
+        lab.start_daemons()
+        yield lab
+    finally:
+        if lab is not None:
+            lab.destroy()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+OUTSIDER = dict(user=5, group=60, extra_groups=[0])  # may connect (the socket's group), in no list
+
+
+def test_the_daemon_refuses_an_outsider_and_keeps_serving_through_abuse(daemon_lab):
+    lab = daemon_lab
+    path = lab.socket_path("alpha")
+    status, failover = requests_as(OUTSIDER, path, STATUS_REQ, FAILOVER_REQ)
+    assert status["ok"] is False and "not allowed: status" in status["error"] and "has no access" in status["error"]
+    assert failover["ok"] is False and "not allowed: failover" in failover["error"]
+    assert "control command denied cmd=failover who=uid=5 pid=" in lab.stderr_tail("alpha", 60)
+    assert lab.status("alpha")["state"] == "Monitoring"  # nothing moved
+
+    proc = as_user(OUTSIDER, RAW, path)  # 60,000 '[' and deep nesting from the outsider
+    assert proc.returncode == 0, proc.stderr
+    too_long, too_deep, refused = json.loads(proc.stdout)
+    assert "longer than" in too_long["error"] and "nested 1000 deep" in too_deep["error"]
+    assert "not allowed" in refused["error"]
+
+    with holding(dict(user=65534, group=65534, extra_groups=[0]), path, 64):
+        # 64 idle connections held: the operator is answered, never told "busy".
+        out = subprocess.run([sys.executable, "-m", "hanet", "status", "-s", path], capture_output=True,
+                             text=True, timeout=30, cwd=ROOT)
+        assert out.returncode == 0 and "state Monitoring" in out.stdout, out.stderr
+    assert lab.daemon_alive("alpha") and lab.status("alpha")["state"] == "Monitoring"
