@@ -56,6 +56,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import errno
 import grp
 import json
 import logging
@@ -190,7 +191,7 @@ def _peer_groups(sock: socket.socket, uid: int, gid: int) -> tuple[int, ...]:
         try:
             raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * count)
         except OSError as exc:
-            if exc.errno == 34:  # ERANGE
+            if exc.errno == errno.ERANGE:
                 continue
             break
         return struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4])
