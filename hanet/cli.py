@@ -55,28 +55,49 @@ def _socket(args) -> str:
     if args.socket:
         return args.socket
     if args.config:
-        return config_mod.load(args.config).control.socket
+        return _socket_from_config(args.config)
     return DEFAULT_SOCKET
+
+
+def _socket_from_config(path: str) -> str:
+    """Only [control] socket: an operator allowed to run status need not be able to read the
+    heartbeat key or see the NICs that a full check of the file wants."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as fh:
+            doc = tomllib.load(fh)
+    except OSError as exc:
+        raise config_mod.ConfigError(path, "(file)", f"cannot read: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise config_mod.ConfigError(path, "(syntax)", str(exc)) from None
+    control = doc.get("control", {})
+    socket = control.get("socket", DEFAULT_SOCKET) if isinstance(control, dict) else None
+    if not isinstance(socket, str) or not socket:
+        raise config_mod.ConfigError(path, "control.socket", "must be a non-empty string")
+    return socket
 
 
 def _control(args, cmd: str, **kwargs) -> int:
     from . import control
 
+    path = _socket(args)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}  # an option not given is no argument
     try:
-        reply = control.request(_socket(args), cmd, **kwargs)
+        reply = control.request(path, cmd, **kwargs)
     except (OSError, control.ControlError) as exc:
-        print(f"hanet: cannot reach the daemon at {_socket(args)}: {exc}", file=sys.stderr)
+        print(f"hanet: cannot reach the daemon at {path}: {exc}", file=sys.stderr)
         return EXIT_FAIL
-    if getattr(args, "json", False) or cmd != "status":
-        if cmd == "status" or getattr(args, "json", False):
-            print(json.dumps(reply, indent=2, sort_keys=True))
-        else:
-            verdict = "done" if reply.get("ok") else "refused"
-            print(f"{cmd} {verdict}: {reply.get('reason') or reply.get('error', '')} "
-                  f"(state {reply.get('state')}, active path {reply.get('active')})")
-    else:
+    if getattr(args, "json", False):
+        print(json.dumps(reply, indent=2, sort_keys=True))
+    elif not reply.get("ok"):
+        print(f"hanet: {cmd} refused: {reply.get('error', '')}", file=sys.stderr)
+    elif cmd == "status":
         print(control.render_status(reply))
-    return EXIT_OK if reply.get("ok", True) else EXIT_FAIL
+    else:
+        print(f"{cmd} done: {reply.get('reason', '')} "
+              f"(state {reply.get('state')}, active path {reply.get('active')})")
+    return EXIT_OK if reply.get("ok") else EXIT_FAIL
 
 
 def cmd_status(args) -> int:
@@ -108,8 +129,16 @@ def cmd_keygen(args) -> int:
         print(f"hanet: {args.file} exists; not overwriting a key", file=sys.stderr)
         return EXIT_FAIL
     with os.fdopen(fd, "w") as fh:
-        fh.write(secrets.token_hex(32) + "\n")
+        fh.write(secrets.token_hex(32) + "\n")  # 32 random bytes as 64 hex digits (hanet/keyfile.py)
+        fh.flush()
+        os.fsync(fh.fileno())
     print(f"wrote a 256-bit key to {args.file}; copy it to the peer")
+    from . import keyfile
+
+    try:
+        keyfile.read_key(args.file)
+    except keyfile.KeyFileError as exc:  # e.g. a directory others can write: say so now, not at start
+        print(f"hanet: warning: hanet will refuse this key file: {exc}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -6,15 +6,19 @@ anything touches an interface. The CLI turns it into exit status 2.
 from __future__ import annotations
 
 import dataclasses
+import grp
 import ipaddress
 import os
+import pwd
 import re
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from . import keyfile
+
 NODE_ID_MAX = 16  # bytes; the heartbeat frame carries node ids in a fixed 16-byte field
-KEY_MIN_BYTES = 16
+KEY_MIN_BYTES = keyfile.KEY_MIN_BYTES  # of key material; the format is described in keyfile.py
 CARRY_KINDS = ("ipv4", "broadcast", "mac", "vips", "ipv6", "routes")
 DURABILITY = ("transition", "every", "none")
 FAILBACK_POLICIES = ("auto", "manual")
@@ -129,6 +133,12 @@ class EventLogConfig:
 class ControlConfig:
     socket: str = "/run/hanet/control.sock"
     mode: int = 0o600
+    # Who may do what (root and the daemon's own user may do everything): names from the user and
+    # group databases, checked against each caller's SO_PEERCRED credentials.
+    admin_users: tuple[str, ...] = ()   # every command
+    admin_groups: tuple[str, ...] = ()
+    read_users: tuple[str, ...] = ()    # status only
+    read_groups: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -270,14 +280,39 @@ def _reply_timeout(hb: _Section) -> float:
 def _read_key(file: str, key_file: str, base_dir: str) -> bytes:
     path = key_file if os.path.isabs(key_file) else os.path.join(base_dir, key_file)
     try:
-        with open(path, "rb") as fh:
-            key = fh.read().strip()
-    except OSError as exc:
-        raise ConfigError(file, "heartbeat.key_file", f"cannot read {path}: {exc.strerror}") from None
-    if len(key) < KEY_MIN_BYTES:
-        raise ConfigError(file, "heartbeat.key_file",
-                          f"{path} holds {len(key)} bytes; at least {KEY_MIN_BYTES} are needed")
-    return key
+        return keyfile.read_key(path)
+    except keyfile.KeyFileError as exc:
+        raise ConfigError(file, "heartbeat.key_file", str(exc)) from None
+
+
+def _socket_mode(value: int) -> str:
+    if not 0 <= value <= 0o777:
+        return f"must be a file mode from 0o000 to 0o777, e.g. 0o600; got {value:#o}"
+    if value & 0o002:
+        return (f"{value:#o} lets every local user connect to the control socket; use 0o600 (owner only) "
+                f"or 0o660 and name who may do what in admin_groups / read_groups")
+    return ""
+
+
+def _socket_path(value: str) -> str:
+    if not value:
+        return "must not be empty"
+    if len(value.encode()) >= 108:
+        return "path too long for a Unix socket"
+    return keyfile.unsafe_directories(os.path.dirname(os.path.abspath(value)))
+
+
+def _names(sec: _Section, name: str, lookup: Callable[[str], Any], what: str) -> tuple[str, ...]:
+    """A list of user or group names, each of which must exist here."""
+    items = sec.get(name, list, [])
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise sec.fail(f"{name}[{i}]", f"must be str, not {type(item).__name__}")
+        try:
+            lookup(item)
+        except KeyError:
+            raise sec.fail(f"{name}[{i}]", f"no {what} named {item!r} on this host") from None
+    return tuple(items)
 
 
 def parse(text: str, file: str = "<config>", base_dir: str = ".",
@@ -428,8 +463,12 @@ def parse(text: str, file: str = "<config>", base_dir: str = ".",
 
     ct = _Section(file, "control", top.get("control", dict, {}))
     control = ControlConfig(
-        socket=ct.get("socket", str, ControlConfig.socket, check=lambda v: "" if len(v.encode()) < 108 else "path too long for a Unix socket"),
-        mode=ct.number("mode", ControlConfig.mode, 0, 0o777, integer=True),
+        socket=ct.get("socket", str, ControlConfig.socket, check=_socket_path),
+        mode=ct.get("mode", int, ControlConfig.mode, check=_socket_mode),
+        admin_users=_names(ct, "admin_users", pwd.getpwnam, "user"),
+        admin_groups=_names(ct, "admin_groups", grp.getgrnam, "group"),
+        read_users=_names(ct, "read_users", pwd.getpwnam, "user"),
+        read_groups=_names(ct, "read_groups", grp.getgrnam, "group"),
     )
     ct.done()
 

@@ -8,19 +8,30 @@ way. A connection may carry several requests; each gets exactly one response lin
 
 Commands and their ``args`` (all optional unless marked):
 
-    status                                         -> {"ok": true, "status": STATUS}
+    status                                         -> {"ok": true, **STATUS}
     failover   to: str (path name or interface), force: bool
     failback   force: bool
     offline    interface: str (required), force: bool
     online     interface: str (required)
 
-A line that is not UTF-8 JSON, an unknown command, unknown or mistyped args, or a line longer than
-64 KiB gets ``{"ok": false, "error": ...}`` and the connection stays usable.
+Who may do what is decided per request from the caller's credentials when it connected
+(SO_PEERCRED uid, gid, pid; SO_PEERGROUPS, else the group database, for supplementary groups):
+root and the daemon's own user may do everything; ``[control] admin_users`` / ``admin_groups``
+every command; ``read_users`` / ``read_groups`` ``status`` only (``Access``). A refusal is
+``{"ok": false, "error": "not allowed: ..."}`` and one log line naming who asked for what.
 
-The daemon's handler ``handler(cmd, args, who) -> dict`` runs on the event loop; ``who`` names the
-peer from SO_PEERCRED ("uid=0 pid=1234 comm=hanet") and goes into the operator event. The keys it
-returns are merged into the ``{"ok": true}`` response; it refuses a command by raising
-``CommandError(reason)``.
+A line that is not UTF-8 JSON, nests deeper than MAX_DEPTH, is longer than MAX_LINE (4 KiB), names
+an unknown command or unknown or mistyped args gets ``{"ok": false, "error": ...}`` and the
+connection stays usable. A request line must arrive whole within READ_TIMEOUT_S (2 s) and its
+answer be read within WRITE_TIMEOUT_S, or the connection is closed. No one is ever turned away:
+at MAX_CLIENTS connections, or a user's MAX_CLIENTS_PER_UID, a newcomer closes the oldest
+connection of whoever holds the most (its own user first), so idle connections cannot lock an
+operator out.
+
+The daemon's handler ``handler(cmd, args, who) -> dict`` runs on the event loop, only for
+requests the caller is allowed; ``who`` names the peer ("uid=0 pid=1234 comm=hanet") and goes into
+the operator event. The keys it returns are merged into the ``{"ok": true}`` response; it refuses a
+command by raising ``CommandError(reason)``.
 
 STATUS, the shape ``render_status`` reads (keys marked ? may be absent):
 
@@ -42,23 +53,34 @@ STATUS, the shape ``render_status`` reads (keys marked ? may be absent):
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import dataclasses
+import errno
+import grp
 import json
 import logging
 import os
+import pwd
+import re
 import socket
 import stat
 import struct
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
+
+from .keyfile import unsafe_directories
 
 log = logging.getLogger(__name__)
 
-MAX_LINE = 64 * 1024          # bytes per request line, newline excluded
+MAX_LINE = 4096               # bytes per request line, newline excluded; a request needs < 200
+MAX_DEPTH = 4                 # JSON nesting a request may have; a request needs 2
 MAX_RESPONSE = 16 * 1024 * 1024
-MAX_CLIENTS = 16
-IDLE_TIMEOUT_S = 60.0         # a connection that sends nothing for this long is closed
-BUSY_READ_TIMEOUT_S = 1.0  # how long a turned-away client has to send its request
+MAX_CLIENTS = 32              # connections at once; at the limit the biggest holder's oldest goes
+MAX_CLIENTS_PER_UID = 8       # one user's limit; its next connection closes its oldest
+READ_TIMEOUT_S = 2.0          # a whole request line must arrive within this, or the connection closes
+WRITE_TIMEOUT_S = 2.0         # a client that does not read its answers for this long is dropped
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13; not named by Python 3.11
 
 # cmd -> {arg: (type, required)}
 COMMANDS: dict[str, dict[str, tuple[type, bool]]] = {
@@ -68,6 +90,7 @@ COMMANDS: dict[str, dict[str, tuple[type, bool]]] = {
     "offline": {"interface": (str, True), "force": (bool, False)},
     "online": {"interface": (str, True)},
 }
+READ_COMMANDS = frozenset({"status"})  # every other command changes state
 
 Handler = Callable[[str, dict, str], dict]
 
@@ -84,18 +107,152 @@ class _LineTooLong(Exception):
     pass
 
 
+# --------------------------------------------------------------------------- who may do what
+@dataclasses.dataclass(frozen=True)
+class Peer:
+    """The connecting process, from SO_PEERCRED and SO_PEERGROUPS at connect time."""
+    uid: int
+    gid: int
+    pid: int
+    groups: frozenset[int]  # primary and supplementary
+    comm: str = "?"
+
+    def __str__(self) -> str:
+        return f"uid={self.uid} pid={self.pid} comm={self.comm}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Access:
+    """Root and the daemon's own user may do everything; admin_* every command; read_* status."""
+    admin_uids: frozenset[int] = frozenset()
+    admin_gids: frozenset[int] = frozenset()
+    read_uids: frozenset[int] = frozenset()
+    read_gids: frozenset[int] = frozenset()
+    owner_uid: int = dataclasses.field(default_factory=os.geteuid)
+
+    @classmethod
+    def from_names(cls, admin_users: Iterable[str] = (), admin_groups: Iterable[str] = (),
+                   read_users: Iterable[str] = (), read_groups: Iterable[str] = ()) -> "Access":
+        """Resolve names with the user and group databases; ControlError names an unknown one."""
+        def uids(names):
+            return frozenset(_lookup(pwd.getpwnam, name, "user").pw_uid for name in names)
+
+        def gids(names):
+            return frozenset(_lookup(grp.getgrnam, name, "group").gr_gid for name in names)
+        return cls(admin_uids=uids(admin_users), admin_gids=gids(admin_groups),
+                   read_uids=uids(read_users), read_gids=gids(read_groups))
+
+    @classmethod
+    def from_config(cls, control_config: Any) -> "Access":
+        """From a config.ControlConfig (its admin_users, admin_groups, read_users, read_groups)."""
+        return cls.from_names(control_config.admin_users, control_config.admin_groups,
+                              control_config.read_users, control_config.read_groups)
+
+    def grants(self, peer: Peer, cmd: str) -> bool:
+        if peer.uid in (0, self.owner_uid):
+            return True
+        if peer.uid in self.admin_uids or peer.groups & self.admin_gids:
+            return True
+        return cmd in READ_COMMANDS and (peer.uid in self.read_uids or bool(peer.groups & self.read_gids))
+
+    def refusal(self, peer: Peer, cmd: str) -> str:
+        needs = ("read_users, read_groups, admin_users or admin_groups" if cmd in READ_COMMANDS
+                 else "admin_users or admin_groups")
+        has = "status only" if self.grants(peer, "status") else "no access"
+        return (f"not allowed: {cmd} needs [control] {needs} to include the caller; "
+                f"uid {peer.uid} ({_user_name(peer.uid)}) has {has}")
+
+
+def _lookup(fn: Callable[[str], Any], name: str, what: str) -> Any:
+    try:
+        return fn(name)
+    except KeyError:
+        raise ControlError(f"no {what} named {name!r} on this host") from None
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return "?"
+
+
+def peer_credentials(sock: socket.socket) -> Peer:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", creds)
+    return Peer(uid=uid, gid=gid, pid=pid, groups=frozenset({gid, *_peer_groups(sock, uid, gid)}),
+                comm=_comm(pid))
+
+
+def _peer_groups(sock: socket.socket, uid: int, gid: int) -> tuple[int, ...]:
+    """The peer's supplementary groups when it connected; where the kernel cannot say, those the
+    group database gives its user."""
+    for count in (64, 65536):  # NGROUPS_MAX is 65536; ERANGE says the buffer was too small
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * count)
+        except OSError as exc:
+            if exc.errno == errno.ERANGE:
+                continue
+            break
+        return struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4])
+    try:
+        return tuple(os.getgrouplist(pwd.getpwuid(uid).pw_name, gid))
+    except KeyError:
+        return ()
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as fh:
+            return "_".join(fh.read().split()) or "?"
+    except OSError:
+        return "?"  # the client has already exited
+
+
+def peer_identity(sock: socket.socket) -> str:
+    """"uid=0 pid=1234 comm=hanet" from the connecting process's SO_PEERCRED."""
+    return str(peer_credentials(sock))
+
+
 # --------------------------------------------------------------------------- server
+class _Connection:
+    def __init__(self, peer: Peer, writer: asyncio.StreamWriter):
+        self.peer, self.writer = peer, writer
+        self.evicted = False
+
+    def evict(self, reason: str) -> None:
+        """Close at once: a client that is not reading must not hold the slot."""
+        self.evicted = True
+        with contextlib.suppress(Exception):
+            self.writer.write(_encode({"ok": False, "error": reason}))
+        self.writer.transport.abort()
+
+
 class ControlServer:
-    def __init__(self, path: str, mode: int, handler: Handler):
+    """``ControlServer(path, mode, handler, access=None)``: ``access`` is an ``Access``, or a
+    ``config.ControlConfig`` whose user and group lists are resolved now; None lets only root and
+    the daemon's own user in."""
+
+    def __init__(self, path: str, mode: int, handler: Handler, access: Any = None):
+        if not 0 <= mode <= 0o777 or mode & 0o002:
+            raise ControlError(f"control socket mode {mode:#o} refused: 0o000 to 0o777 without o+w")
         self.path = path
         self.mode = mode
         self.handler = handler
+        if access is None:
+            access = Access()
+        elif not isinstance(access, Access):
+            access = Access.from_config(access)
+        self.access = access
         self._server: asyncio.AbstractServer | None = None
         self._inode: int | None = None
-        self._clients: dict[asyncio.Task, asyncio.StreamWriter] = {}
+        self._clients: dict[asyncio.Task, _Connection] = {}  # in order of arrival
 
     async def start(self) -> None:
         _claim_path(self.path)
+        problem = unsafe_directories(os.path.dirname(os.path.abspath(self.path)))
+        if problem:  # whoever can write there can put their own socket in front of operators
+            raise ControlError(f"cannot serve control socket {self.path}: {problem}")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             # bind(2) creates the file with the socket inode's mode less the umask: setting it first
@@ -115,8 +272,9 @@ class ControlServer:
         if server is None:
             return
         server.close()
-        for writer in self._clients.values():
-            writer.close()  # each connection's task then sees end of stream and returns
+        for conn in self._clients.values():
+            conn.evicted = True   # a half-sent request is dropped, not taken for a last one
+            conn.writer.close()   # each connection's task then sees end of stream and returns
         if self._clients:
             await asyncio.wait(list(self._clients), timeout=5.0)
         await server.wait_closed()
@@ -125,47 +283,73 @@ class ControlServer:
             if os.stat(self.path).st_ino == self._inode:
                 os.unlink(self.path)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self._clients) >= MAX_CLIENTS:
-            # Take the request before refusing it: closing on a client still sending makes its
-            # send fail with EPIPE, and it would never read why.
-            with contextlib.suppress(TimeoutError, _LineTooLong, ConnectionError):
-                await asyncio.wait_for(_read_line(reader), BUSY_READ_TIMEOUT_S)
-            writer.write(_encode({"ok": False, "error": f"busy: {MAX_CLIENTS} clients connected"}))
-            with contextlib.suppress(ConnectionError):
-                await writer.drain()
-            writer.close()
+    def _make_room(self, uid: int) -> None:
+        """Close one connection if the newcomer would pass a limit: the newcomer's own oldest if
+        its user is at the per-user limit, else the oldest of whoever holds the most. A user with
+        one connection is never the one to lose it while another holds more."""
+        conns = list(self._clients.values())
+        mine = [c for c in conns if c.peer.uid == uid]
+        if len(mine) >= MAX_CLIENTS_PER_UID:
+            victim = mine[0]
+        elif len(conns) >= MAX_CLIENTS:
+            counts = collections.Counter(c.peer.uid for c in conns)
+            hog = max(counts, key=counts.__getitem__)
+            victim = next(c for c in conns if c.peer.uid == hog)
+        else:
             return
-        task = asyncio.current_task()
-        self._clients[task] = writer
-        who = peer_identity(writer.get_extra_info("socket"))
+        log.info("control connection dropped to make room who=%s", victim.peer)
+        victim.evict("closed: too many control connections, and this was the oldest")
+        for task, conn in list(self._clients.items()):
+            if conn is victim:
+                del self._clients[task]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            while True:
+            peer = peer_credentials(writer.get_extra_info("socket"))
+        except OSError:
+            writer.transport.abort()
+            return
+        self._make_room(peer.uid)
+        conn = _Connection(peer, writer)
+        task = asyncio.current_task()
+        self._clients[task] = conn
+        try:
+            while not conn.evicted:
                 try:
-                    line = await asyncio.wait_for(_read_line(reader), IDLE_TIMEOUT_S)
+                    line = await asyncio.wait_for(_read_line(reader), READ_TIMEOUT_S)
                 except _LineTooLong:
                     response = {"ok": False, "error": f"request line longer than {MAX_LINE} bytes"}
                 except TimeoutError:
+                    response = {"ok": False, "error": f"closed: no whole request within {READ_TIMEOUT_S:g} s"}
+                    writer.write(_encode(response))
                     break
                 else:
-                    if line is None:
+                    if line is None or conn.evicted:
                         break
-                    response = self._respond(line, who)
+                    response = self._respond(line, peer)
                 writer.write(_encode(response))
-                await writer.drain()
-        except ConnectionError:
-            pass  # the client went away mid-answer
+                await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
+        except (ConnectionError, TimeoutError):
+            pass  # the client went away, or stopped reading its answers
         finally:
             self._clients.pop(task, None)
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+        if conn.evicted:
+            return  # already closed by whoever evicted it
+        writer.close()
+        try:
+            await asyncio.wait_for(writer.wait_closed(), WRITE_TIMEOUT_S)
+        except (ConnectionError, TimeoutError):
+            writer.transport.abort()  # answers it will never read must not keep the socket open
 
-    def _respond(self, line: bytes, who: str) -> dict:
+    def _respond(self, line: bytes, peer: Peer) -> dict:
+        who = str(peer)
         try:
             cmd, args = parse_request(line)
         except ValueError as exc:
             return {"ok": False, "error": str(exc)}
+        if not self.access.grants(peer, cmd):
+            log.warning("control command denied cmd=%s who=%s", cmd, who)
+            return {"ok": False, "error": self.access.refusal(peer, cmd)}
         try:
             result = self.handler(cmd, args, who)
             if not isinstance(result, dict):
@@ -226,6 +410,11 @@ async def _read_line(reader: asyncio.StreamReader) -> bytes | None:
 
 def parse_request(line: bytes) -> tuple[str, dict[str, Any]]:
     """Validate one request line: (cmd, args), or ValueError saying what is wrong."""
+    if len(line) > MAX_LINE:
+        raise ValueError(f"request line longer than {MAX_LINE} bytes")
+    depth = json_depth(line)
+    if depth > MAX_DEPTH:
+        raise ValueError(f"request nested {depth} deep; at most {MAX_DEPTH}")
     try:
         request = json.loads(line.decode("utf-8"))
     except UnicodeDecodeError:
@@ -256,6 +445,20 @@ def parse_request(line: bytes) -> tuple[str, dict[str, Any]]:
         if required and name not in args:
             raise ValueError(f"{cmd}: argument {name!r} is required")
     return cmd, args
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def json_depth(data: bytes) -> int:
+    """How deep the arrays and objects of ``data`` nest, counted before parsing so that deep input
+    is refused instead of exhausting the parser's recursion. Brackets inside strings do not count."""
+    depth = deepest = 0
+    for byte in _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKET):
+        depth += 1 if byte in b"[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
 
 
 def _json_type(kind: type) -> str:
@@ -305,6 +508,9 @@ def request(path: str, cmd: str, timeout: float = 5.0, **args: Any) -> dict:
                 buf += chunk
     except (FileNotFoundError, ConnectionRefusedError) as exc:
         raise ControlError(f"hanet is not running (no control socket at {path}: {exc.strerror})") from None
+    except PermissionError:
+        raise ControlError(f"permission denied on {path}: [control] mode and the socket's group "
+                           f"decide who may connect") from None
     except TimeoutError:
         raise ControlError(f"no answer from {path} within {timeout:g} s") from None
     except OSError as exc:

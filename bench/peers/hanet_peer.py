@@ -34,7 +34,7 @@ UP_STATE = "Monitoring"  # the identity on the primary path, nothing suspect
 FAILBACK_HOLD_MS = 500.0
 MIN_INTERVAL_MS = 0.5  # config.py's lower bound for heartbeat.interval_ms
 STOP_TIMEOUT_S = 5.0
-KEY = b"hanet-bench-shared-heartbeat-key!"  # >= 16 bytes; the bench's own, never a real one
+KEY = b"hanet-bench-shared-heartbeat-key!".hex().encode()  # 33 bytes as hex; the bench's own, never a real one
 
 _running: set[int] = set()
 

@@ -28,6 +28,7 @@ def node_config(tmp_path, node: str, peer: str, nics: tuple[str, str], *, poll_m
     key_file = tmp_path / "heartbeat.key"
     if not key_file.exists():
         key_file.write_bytes(os.urandom(32).hex().encode())
+        key_file.chmod(0o600)
     quality = f"[quality]\nenabled = true\nwindow_ms = {quality_ms}\n" if quality_ms else ""
     text = f"""
 [node]

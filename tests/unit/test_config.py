@@ -17,7 +17,8 @@ EXAMPLE = (ROOT / "conf" / "hanet.toml").read_text()
 @pytest.fixture
 def keyfile(tmp_path):
     path = tmp_path / "heartbeat.key"
-    path.write_text("0123456789abcdef0123456789abcdef\n")
+    path.write_text("0123456789abcdef" * 4 + "\n")
+    path.chmod(0o600)
     return path
 
 
@@ -93,11 +94,12 @@ def test_missing_section_and_single_path(keyfile):
         config.parse(one_path)
 
 
-@pytest.mark.parametrize("content,reason", [(None, "cannot read"), ("short\n", "at least 16")])
+@pytest.mark.parametrize("content,reason", [(None, "cannot read"), ("0123abcd\n", "at least 32")])
 def test_key_file_missing_or_short_is_a_config_error(tmp_path, content, reason):
     key = tmp_path / "k"
     if content is not None:
         key.write_text(content)
+        key.chmod(0o600)
     with pytest.raises(config.ConfigError) as info:
         config.parse(example(key))
     assert info.value.key == "heartbeat.key_file" and reason in info.value.reason

@@ -12,7 +12,8 @@ EXAMPLE = (pathlib.Path(__file__).resolve().parents[2] / "conf" / "hanet.toml").
 
 def test_unconsumed_expected_removals_expire_instead_of_piling_up(tmp_path):
     key = tmp_path / "heartbeat.key"
-    key.write_text("0123456789abcdef0123456789abcdef\n")
+    key.write_text("0123456789abcdef" * 4 + "\n")
+    key.chmod(0o600)
     cfg = config.parse(EXAMPLE.replace("/etc/hanet/heartbeat.key", str(key)))
     watch = LinkWatch(cfg)  # never started: no socket, only the bookkeeping
     addresses = ["192.0.2.1/24", "192.0.2.100/24"]
