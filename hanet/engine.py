@@ -238,7 +238,8 @@ class Engine:
         from .notify import WatchdogPinger
 
         if not self.dry_run:
-            self.control = ControlServer(self.cfg.control.socket, self.cfg.control.mode, self.control_command)
+            self.control = ControlServer(self.cfg.control.socket, self.cfg.control.mode, self.control_command,
+                                         self.cfg.control)
             await self.control.start()
         if self.cfg.metrics.listen:
             from .metrics import Metrics

@@ -179,7 +179,6 @@ class State:
     now: int = 0
     moved_t: int | None = None        # when this node last finished a move it decided itself
     notice_t: int | None = None       # when this node last answered a disagreement
-    told_peer: bool = False           # told the peer where the identity is, in this run
     mac_holder: int | None = None     # the holder whose MAC layout was last put in place
 
     def timer(self, name: str) -> int | None:
@@ -223,7 +222,7 @@ class State:
                     move=move, paths=tuple(paths), timers=tuple(sorted((str(k), int(v)) for k, v in timers)),
                     paused=tuple(data.get("paused") or ()), next_action_id=int(data.get("next_action_id", 1)),
                     now=int(data.get("now", 0)), moved_t=data.get("moved_t"), notice_t=data.get("notice_t"),
-                    told_peer=bool(data.get("told_peer", False)), mac_holder=data.get("mac_holder"))
+                    mac_holder=data.get("mac_holder"))
         if state.name not in STATES:
             state = dataclasses.replace(state, name=STARTING)
         return adapt(state, Params(paths=tuple(p.name for p in state.paths)), params)[0]
@@ -327,8 +326,8 @@ TABLE: list[Row] = [
     *_rows("path_suspect", (STARTING, SUSPECT, FAILING_OVER, FAILING_BACK, ALL_PATHS_DOWN),
            (None, None, None, "suspect noted")),
     *_rows("path_cleared", SUSPECT,
-           (MONITORING, "g_active_primary_clear", "e_tell_peer_once", "reply arrived: the primary is fine"),
-           (ALTERNATE_ACTIVE, "g_active_alternate_clear", "e_tell_peer_once", "reply arrived: the alternate is fine"),
+           (MONITORING, "g_active_primary_clear", None, "reply arrived: the primary is fine"),
+           (ALTERNATE_ACTIVE, "g_active_alternate_clear", None, "reply arrived: the alternate is fine"),
            (None, None, None, "a standby path answered again")),
     *_rows("path_cleared", (STARTING, MONITORING, ALTERNATE_ACTIVE, FAILING_OVER, FAILING_BACK, ALL_PATHS_DOWN),
            (None, None, None, "reply noted")),
@@ -343,17 +342,16 @@ TABLE: list[Row] = [
            (None, None, None, "another path failed mid-move: noted")),
     *_rows("path_failed", (STARTING, ALL_PATHS_DOWN), (None, None, None, "failure noted")),
     *_rows("path_restored", SUSPECT,
-           (MONITORING, "g_active_primary_clear", "e_tell_peer_once", "the primary recovered"),
-           (ALTERNATE_ACTIVE, "g_active_alternate_clear", "e_tell_peer_once", "the alternate recovered"),
+           (MONITORING, "g_active_primary_clear", None, "the primary recovered"),
+           (ALTERNATE_ACTIVE, "g_active_alternate_clear", None, "the alternate recovered"),
            (None, None, None, "a standby path recovered")),
     *_rows("path_restored", ALTERNATE_ACTIVE,
            (None, "g_better_usable_auto", "e_arm_failback", "a better path is usable: hold down before failing back"),
-           (None, None, "e_tell_peer_once", "recovery noted")),
-    *_rows("path_restored", MONITORING, (None, None, "e_tell_peer_once", "recovery noted")),
+           (None, None, None, "recovery noted")),
     *_rows("path_restored", ALL_PATHS_DOWN,
            (FAILING_OVER, "g_has_candidate", "e_begin_failover", "a path is usable again: (re)install the identity on it, idempotently"),
            (None, None, None, "recovery noted; still nothing usable")),
-    *_rows("path_restored", (STARTING, FAILING_OVER, FAILING_BACK), (None, None, None, "recovery noted")),
+    *_rows("path_restored", (STARTING, MONITORING, FAILING_OVER, FAILING_BACK), (None, None, None, "recovery noted")),
     # -- the move itself
     *_rows("enable_due", MOVING, (None, None, "e_enable_phase", "enable delay over: enable, announce, routes")),
     *_rows("enable_due", NOT_MOVING, (None, None, None, "stale enable timer")),
@@ -506,8 +504,8 @@ class Rules:
         self.active, self.move = s.active, s.move
         self.timers = dict(s.timers)
         self.paused = set(s.paused)
-        self.next_action_id, self.moved_t, self.notice_t, self.told_peer, self.mac_holder = (
-            s.next_action_id, s.moved_t, s.notice_t, s.told_peer, s.mac_holder)
+        self.next_action_id, self.moved_t, self.notice_t, self.mac_holder = (
+            s.next_action_id, s.moved_t, s.notice_t, s.mac_holder)
         self.now = max(s.now, event.t_ns)
         self._actions: list[m.Action] = []
         self._fired: Row | None = None
@@ -518,8 +516,7 @@ class Rules:
         return State(name=self.state, active=self.active, move=self.move if self.state in MOVING else None,
                      paths=tuple(self.paths), timers=tuple(sorted(self.timers.items())),
                      paused=tuple(sorted(self.paused)), next_action_id=self.next_action_id, now=self.now,
-                     moved_t=self.moved_t, notice_t=self.notice_t, told_peer=self.told_peer,
-                     mac_holder=self.mac_holder)
+                     moved_t=self.moved_t, notice_t=self.notice_t, mac_holder=self.mac_holder)
 
     def _fire_callback(self, row: Row) -> Callable:
         def fire(event: m.Event) -> None:
@@ -611,7 +608,6 @@ class Rules:
         self.timers.clear()
         self.paused.clear()
         self.moved_t = self.notice_t = None
-        self.told_peer = False
         # Timers are re-armed from the state: a path damped before the restart comes back on time.
         for i, f in enumerate(self.paths):
             if f.suppressed:
@@ -988,9 +984,8 @@ class Rules:
         self.paused.clear()
         if self.params.coordinate:
             self._emit(m.SendNotice, path=target, active=target)
-            self.told_peer = True
-        if self.move.by == "self":
-            self.moved_t = self.now
+        if self.move.by != "peer":
+            self.moved_t = self.now  # a move decided here: the tie-break of simultaneous moves
         for p in self.move.skip:
             if self.paths[p].present:
                 self._emit(m.DisableNic, path=p, admin_down=False)  # clearing it failed before: try again
@@ -1046,13 +1041,6 @@ class Rules:
         self.mac_holder = self.active
         if want and any(w != f for w, f in zip(want, self._found_macs) if f):
             self._emit(m.ConfigureNic, path=self.active, from_path=None, layout=want)
-
-    def e_tell_peer_once(self) -> None:
-        """The first path heard in a run carries our notice: a restarted node tells its peer where
-        its identity is, so the two settle on one path at once."""
-        if self.params.coordinate and not self.told_peer and self.active is not None:
-            self._emit(m.SendNotice, path=self._path_of(), active=self.active)
-            self.told_peer = True
 
     def e_answer_peer(self) -> None:
         """Tell the peer where our identity is, at most once per detection time."""
@@ -1167,7 +1155,7 @@ def planned_move(params: Params, own_macs: tuple[str, ...], source: int, target:
     with every path healthy, for tools and tests that drive the executor directly."""
     mach = Machine(dataclasses.replace(params, enable_delay_ns=0))
     n = len(params.paths)
-    mach.step(m.DaemonStarted(t_ns=0, holder=source, carrier=(True,) * n, macs=tuple(own_macs)))
+    mach.step(m.DaemonStarted(t_ns=0, holder=source, carrier=(True,) * n, macs=tuple(own_macs), hw_macs=tuple(own_macs)))
     for path in range(n):
         mach.step(m.HeartbeatRecovered(t_ns=0, path=path))
     step_ = mach.step(m.OperatorFailover(t_ns=0, path=target, force=True))
