@@ -361,6 +361,7 @@ TABLE: list[Row] = [
            (ALL_PATHS_DOWN, None, "e_all_down", "the move passed its last deadline and no other path is usable: given up")),
     *_rows("move_expired", NOT_MOVING, (None, None, None, "stale move deadline")),
     *_rows("step_done", MOVING,
+           (None, "g_configured", "e_arm_enable", "the alternate is configured: enable it once the delay is over"),
            (MONITORING, "g_move_done_on_primary", "e_finish_move", "sequence complete: the identity is on the primary"),
            (ALTERNATE_ACTIVE, "g_move_done", "e_finish_move", "sequence complete: the identity is on an alternate"),
            (None, None, None, "step done")),
@@ -862,6 +863,10 @@ class Rules:
     def g_move_may_retry(self, ev) -> bool:
         return self.move is not None and self.move.attempt < MOVE_ATTEMPTS
 
+    def g_configured(self, ev) -> bool:
+        return (self.move is not None and self.move.phase == 1 and not self.move.awaiting
+                and TIMER_ENABLE not in self.timers)
+
     def g_move_done(self, ev) -> bool:
         return self.move is not None and self.move.phase == 2 and not self.move.awaiting
 
@@ -963,10 +968,11 @@ class Rules:
         self.move = Move(source=source, target=target, awaiting=tuple((a.id, a.path) for a in kernel),
                          attempt=attempt, by=by, skip=skip)
         self._start(TIMER_MOVE, self.now + self.params.move_timeout_ns)
-        if self.params.enable_delay_ns > 0:
-            self._start(TIMER_ENABLE, self.now + self.params.enable_delay_ns)
-        else:
-            self.e_enable_phase()
+        if self.params.enable_delay_ns == 0:
+            self.e_enable_phase()  # else the delay runs from the moment the configure step is done
+
+    def e_arm_enable(self) -> None:
+        self._start(TIMER_ENABLE, self.now + self.params.enable_delay_ns)
 
     def e_enable_phase(self) -> None:
         mv = self.move
