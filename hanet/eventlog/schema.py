@@ -13,6 +13,11 @@ Bodies by kind:
                          every rotated-in file), so a replay needs no config file
     "snapshot"    "s":   the machine's state (after "config" at the top of a rotated-in file), so
                          one file replays alone after older ones were deleted
+    "gap"         "g":   written first when the log can be written again after a failure:
+                         {"lost": [[first, last], ...] record numbers never written,
+                          "unsure": [[first, last], ...] written but a failed fdatasync may have
+                          dropped them, "reason": str, "errno": str ("ENOSPC"),
+                          "since": <CLOCK_MONOTONIC ns when the failure began>}
 
 ``n`` increases across files and daemon restarts. Events and actions carry their stable ``type``
 string, never a class path.
@@ -29,8 +34,9 @@ EVENT = "event"
 TRANSITION = "transition"
 CONFIG = "config"
 SNAPSHOT = "snapshot"
+GAP = "gap"
 #: kind -> the key holding its body
-BODY_KEYS = {EVENT: "e", TRANSITION: "tr", CONFIG: "cfg", SNAPSHOT: "s"}
+BODY_KEYS = {EVENT: "e", TRANSITION: "tr", CONFIG: "cfg", SNAPSHOT: "s", GAP: "g"}
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 #: from_version -> function turning a record of that version into one of the next version.
