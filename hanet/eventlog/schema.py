@@ -24,6 +24,8 @@ string, never a class path.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import Any, Callable, Mapping
 
 from .. import model
@@ -58,6 +60,95 @@ def transition_body(step, cause: int) -> dict[str, Any]:
     return {"src": step.src, "dst": step.dst, "trigger": step.trigger, "reason": step.reason,
             "active": step.active, "cause": cause,
             "actions": [model.to_dict(a) for a in step.actions]}
+
+
+# --------------------------------------------------------------------------- shape checks
+# A frame whose CRC is good can still hold a payload that is not a record of this schema (a bug,
+# or a file made by hand): the reader reports it as damage at its offset instead of handing out
+# something its consumers would trip over.
+_NONE = type(None)
+#: A model field's annotation -> the wire classes its value may have (msgpack gives lists).
+_WIRE_CLASSES = {"int": (int,), "int | None": (int, _NONE), "str": (str,), "str | None": (str, _NONE),
+                 "bool": (bool,), "float": (float, int), "tuple[bool, ...]": (list,),
+                 "tuple[str, ...]": (list,), "tuple[int, ...]": (list,), "dict[str, Any]": (dict,)}
+_ITEM_CLASSES = {"tuple[bool, ...]": bool, "tuple[str, ...]": str, "tuple[int, ...]": int}
+_MISSING = object()
+_ENVELOPE = (("node", str), ("n", int), ("mono", int), ("wall", int), ("k", str))
+
+
+@functools.cache
+def _fields(cls: type) -> tuple[tuple[str, tuple[type, ...] | None, type | None, bool], ...]:
+    """(name, wire classes or None if any, item class of a list, required) per field of ``cls``."""
+    out = []
+    for f in dataclasses.fields(cls):
+        annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        out.append((f.name, _WIRE_CLASSES.get(annotation), _ITEM_CLASSES.get(annotation), required))
+    return tuple(out)
+
+
+def _item_problem(what: str, data: Any, registry: Mapping[str, type]) -> str:
+    """Why ``data`` is not the wire form of a model event or action ("" if it is)."""
+    if data.__class__ is not dict:
+        return f"{what} is a {type(data).__name__}, not a map"
+    cls = registry.get(data.get("type"))
+    if cls is None:
+        return f"{what} has unknown type {data.get('type')!r}"
+    for name, classes, item, required in _fields(cls):
+        value = data.get(name, _MISSING)
+        if value is _MISSING:
+            if required:
+                return f"{what} {cls.type} lacks {name}"
+        elif classes is not None and value.__class__ not in classes:
+            return f"{what} {cls.type} field {name} is a {type(value).__name__}"
+        elif item is not None and any(v.__class__ is not item for v in value):
+            return f"{what} {cls.type} field {name} holds a non-{item.__name__}"
+    return ""
+
+
+def _ranges_problem(value: Any) -> bool:
+    return value.__class__ is not list or any(
+        r.__class__ is not list or len(r) != 2 or any(v.__class__ is not int for v in r) for r in value)
+
+
+def _body_problem(kind: str, body: Any) -> str:
+    if kind == EVENT:
+        return _item_problem("event", body, model.EVENT_TYPES)
+    if body.__class__ is not dict:
+        return f"{kind} body is a {type(body).__name__}, not a map"
+    if kind == TRANSITION:
+        for name, classes in (("src", (str,)), ("dst", (str,)), ("trigger", (str,)), ("reason", (str,)),
+                              ("active", (int, _NONE)), ("cause", (int,)), ("actions", (list,))):
+            if body.get(name, _MISSING).__class__ not in classes:
+                return f"transition field {name} is missing or a {type(body.get(name)).__name__}"
+        for i, action in enumerate(body["actions"]):
+            problem = _item_problem(f"action {i}", action, model.ACTION_TYPES)
+            if problem:
+                return f"transition {problem}"
+    elif kind == GAP:
+        if _ranges_problem(body.get("lost")) or _ranges_problem(body.get("unsure")):
+            return "gap ranges are not lists of [first, last]"
+        if body.get("reason").__class__ is not str or body.get("errno").__class__ is not str:
+            return "gap reason or errno is not a string"
+    return ""
+
+
+def problem(rec: dict[str, Any]) -> str:
+    """Why the decoded (and upcast) map ``rec`` is not a well-formed record ("" if it is)."""
+    for name, cls in _ENVELOPE:
+        value = rec.get(name, _MISSING)
+        if value is _MISSING:
+            missing = [key for key in ("v", "node", "n", "mono", "wall", "k") if key not in rec]
+            return f"missing {', '.join(missing)}"
+        if value.__class__ is not cls:
+            return f"{name} is a {type(value).__name__}, not {cls.__name__}"
+    kind = rec["k"]
+    key = BODY_KEYS.get(kind)
+    if key is None:
+        return f"unknown record kind {kind!r}"
+    if key not in rec:
+        return f"{kind} record without its body {key!r}"
+    return _body_problem(kind, rec[key])
 
 
 def upcast(rec: Any, upcasters: Mapping[int, Upcaster] = UPCASTERS) -> dict[str, Any]:
