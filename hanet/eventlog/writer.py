@@ -196,6 +196,7 @@ class Writer:
         self._sync_durable = durability != "none"
         self.counters = Counters()
         self._failure: _Failure | None = None
+        self._gap_at: tuple[int, int] | None = None  # (offset in _pending, number) of the gap due
         self._synced_n = 0   # the last record known to be on disk (or handed over, for "none")
         self._fd = -1
         self._size = 0
@@ -299,6 +300,11 @@ class Writer:
         name = errno_names.errorcode.get(exc.errno, str(exc.errno)) if exc.errno else "EIO"
         reason = f"{what} {exc.filename or self.path}: {exc.strerror or exc}"
         now = self._mono_ns()
+        if self._gap_at is None:
+            # The gap record's place and number are taken now: it will sit after the records
+            # held so far and before any appended from here on, which it may be missing.
+            self._n += 1
+            self._gap_at = (len(self._pending), self._n)
         failure = self._failure
         if failure is None:
             failure = self._failure = _Failure(reason, name, now)
@@ -312,8 +318,8 @@ class Writer:
     def _sync_failed(self, exc: OSError) -> None:
         """fdatasync failed: what it covered may be gone, and the error is reported only once."""
         self.counters.sync_errors += 1
-        self._fail("fdatasync", exc)
         first, last = self._synced_n + 1, self._n_in_file()
+        self._fail("fdatasync", exc)
         if first <= last:
             _add(self._failure.unsure, first, last)
             self.counters.records_unsure += last - first + 1
@@ -335,42 +341,69 @@ class Writer:
         return count
 
     def _n_in_file(self) -> int:
-        """The last record number handed whole to the kernel."""
+        """The last record number handed whole to the kernel (no gap is reserved here)."""
         return self._held_last() - self._held_count()
+
+    def _first_held(self) -> int:
+        """The number of the oldest record in ``_pending`` (which holds at least one)."""
+        buf, pos = self._pending, self._skip
+        if pos or len(buf) < framing.HEADER_SIZE:
+            return self._held_last() - self._held_count() + 1
+        length = framing.HEADER.unpack_from(buf, 0)[1]
+        return msgpack.unpackb(buf[framing.HEADER_SIZE:framing.HEADER_SIZE + length])["n"]
 
     def _recover(self) -> bool:
         """Reopen if needed, write what is held, then the gap record, and sync; True if healthy."""
         failure = self._failure
         failure.next_retry_ns = self._mono_ns() + self._retry_interval
-        fresh = False
         if self._fd < 0:
             try:
                 self._ops.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-                fresh = self._open() == 0
+                self._open()
             except OSError as exc:
                 self.counters.open_errors += 1
                 self._fail("open", exc)
                 return False
+        gap = failure.snapshot()
+        if self._gap_at is not None and not self._write_gap(gap):
+            return False
         if not self._drain():
             return False
         failure.drop_from = 0  # the held records are out: later ones may be held again
-        gap = failure.snapshot()
-        n = self._n + 1
-        body = {"lost": [list(r) for r in gap.lost], "unsure": [list(r) for r in gap.unsure],
-                "reason": gap.reason, "errno": gap.errno, "since": gap.since_ns}
-        self._pending += framing.frame(self._packb(
-            schema.record(self.node, n, self._mono_ns(), self._wall_ns(), schema.GAP, body)))
-        self._n = n
-        if not self._drain():
-            return False
         if self._sync_durable and not self._fdatasync():
             return False
         self.counters.gaps_written += 1
         self._failure = None
         if self._on_health is not None:
             self._on_health(False, gap)
-        if fresh:  # a file created anew replays alone, like a rotated-in one
-            self._top_of_file()
+        # The parameters and the state now: a replay can check again from here on.
+        self._top_of_file()
+        return True
+
+    def _write_gap(self, gap: Degradation) -> bool:
+        """Write the records held before the failure, then the gap record, naming all lost so
+        far. A gap that could not be started stays due (one in memory, however long this lasts)."""
+        offset, n = self._gap_at
+        if offset and not self._drain(offset):
+            return False
+        body = {"lost": [list(r) for r in gap.lost], "unsure": [list(r) for r in gap.unsure],
+                "reason": gap.reason, "errno": gap.errno, "since": gap.since_ns}
+        data = framing.frame(self._packb(
+            schema.record(self.node, n, self._mono_ns(), self._wall_ns(), schema.GAP, body)))
+        done = 0
+        try:
+            while done < len(data):
+                done += self._write(self._fd, data[done:])
+        except OSError as exc:
+            if done:  # cut short: the rest must follow in this file, before anything else
+                self._gap_at = None
+                self._pending[0:0] = data[done:]
+                self._skip = len(data) - done
+            self.counters.write_errors += 1
+            self._fail("write", exc)
+            return False
+        self._gap_at = None
+        self._size += len(data)
         return True
 
     # ------------------------------------------------------------------ file handling
@@ -394,14 +427,20 @@ class Writer:
                 self._consumed(written)
                 self._drain()  # a short write: the rest, or the reason it cannot go
 
-    def _drain(self) -> bool:
-        """Write everything pending; False (and degraded) if the kernel refuses."""
+    def _drain(self, limit: int | None = None) -> bool:
+        """Write everything pending (or its first ``limit`` bytes); False (and degraded) if the
+        kernel refuses."""
         pending = self._pending
         try:
-            while pending:
+            while pending and (limit is None or limit > 0):
                 # Bytes leave the buffer only once written: a failed write loses nothing held,
                 # and a short write (a record cut in the middle) is continued in the same file.
-                written = self._write(self._fd, pending)
+                chunk = pending if limit is None or limit >= len(pending) else pending[:limit]
+                written = self._write(self._fd, chunk)
+                if limit is not None:
+                    limit -= written
+                if self._gap_at is not None:  # the gap's place moves with the buffer's head
+                    self._gap_at = (self._gap_at[0] - written, self._gap_at[1])
                 if written == len(pending):
                     pending.clear()
                     self._skip = 0
@@ -446,10 +485,10 @@ class Writer:
             if self._drain() and self._sync_durable:
                 self._fdatasync()
         if self._pending:
-            held, last = self._held_count(), self._held_last()
+            held, first, last = self._held_count(), self._first_held(), self._held_last()
             self.counters.records_lost += held
             if self._failure is not None:
-                _add(self._failure.lost, last - held + 1, last)
+                _add(self._failure.lost, first, last)
             self._pending.clear()
             self._skip = 0
         self._close_quietly()

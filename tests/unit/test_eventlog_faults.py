@@ -120,7 +120,8 @@ def test_full_disk_then_space_again_writes_a_gap_record_before_newer_records(tmp
     numbers = [w.event(suspect(i)) for i in range(3, 40)]  # more than 1 KiB: some must be dropped
     cause = w.event(model.HeartbeatLost(t_ns=40, path=0, misses=3))
     assert w.transition(STEP, cause) == cause + 1  # returns at once, numbered, no exception
-    assert numbers == list(range(4, 41))
+    # 4 could not be written: the gap record that will follow it takes number 5 now.
+    assert numbers == [4] + list(range(6, 42))
     down = w.degraded
     assert down is not None and down.errno == "ENOSPC" and "No space left" in down.reason
     assert health.calls == [(True, health.calls[0][1])] and health.calls[0][1].errno == "ENOSPC"
@@ -140,14 +141,14 @@ def test_full_disk_then_space_again_writes_a_gap_record_before_newer_records(tmp
     entries, damage = read_all(w.path)
     assert [d.gap for d in damage] == [True]
     numbers_in_file = [e.record["n"] for e in entries]
-    gap_n = after - 1
-    # Every record held while the disk was full is there, whole, in order; then the gap record;
-    # then the newer ones. The dropped numbers appear nowhere.
-    assert numbers_in_file == list(range(1, first_lost)) + [gap_n, after]
+    # Every record held while the disk was full is there, whole, in order, the gap record in
+    # the place where the failure began; then the newer ones. The dropped numbers appear nowhere.
+    assert after == last_lost + 1
+    assert numbers_in_file == list(range(1, first_lost)) + [after]
     gap = gaps(entries)[0]
-    assert gap["n"] == gap_n and gap["g"]["lost"] == [[first_lost, last_lost]]
+    assert gap["n"] == 5 and entries[4].record is gap and gap["g"]["lost"] == [[first_lost, last_lost]]
     assert gap["g"]["errno"] == "ENOSPC" and gap["g"]["unsure"] == []
-    assert damage[0].offset == entries[-2].offset
+    assert damage[0].offset == entries[4].offset
 
 
 def test_a_write_cut_short_in_the_middle_of_a_record_is_finished_after_recovery(tmp_path):
@@ -198,15 +199,15 @@ def test_failed_fdatasync_of_the_gap_record_keeps_the_writer_degraded(tmp_path):
     w = new_writer(tmp_path, ops)
     w.event(suspect(1))
     ops.fail("fdatasync", errno.EIO, times=2)
-    w.transition(STEP, 1)        # the sync fails: 1 (never synced) and 2 are unsure
-    w.event(suspect(2))          # recovery writes a gap (3) whose sync fails too; 4 is held
+    w.transition(STEP, 1)        # the sync fails: 1 (never synced) and 2 are unsure; gap 3 due
+    w.event(suspect(2))          # recovery writes gap 3, whose sync fails too: gap 4 due, 5 held
     assert w.degraded is not None and w.degraded.unsure == ((1, 3),)
-    w.event(suspect(3))          # 4, a gap (5), then 6
+    w.event(suspect(3))          # gap 4, 5, then 6
     assert w.degraded is None
     w.close()
     entries, _ = read_all(w.path)
     assert [e.record["n"] for e in entries] == [1, 2, 3, 4, 5, 6]
-    assert [(g["n"], g["g"]["unsure"]) for g in gaps(entries)] == [(3, [[1, 2]]), (5, [[1, 3]])]
+    assert [(g["n"], g["g"]["unsure"]) for g in gaps(entries)] == [(3, [[1, 2]]), (4, [[1, 3]])]
 
 
 @pytest.mark.parametrize("op, code", [("replace", errno.EROFS), ("fsync", errno.EIO),
@@ -294,14 +295,15 @@ def test_an_unopenable_log_at_start_is_degraded_not_fatal(tmp_path):
     ops, health = FaultyOps(), Health()
     ops.fail("open", errno.EROFS)
     w = new_writer(tmp_path, ops, health, params=lambda: {"multiplier": 3}, retry_interval_ns=10**12)
-    assert w.degraded is not None and w.degraded.errno == "EROFS" and w.n == 1
+    assert w.degraded is not None and w.degraded.errno == "EROFS" and w.n == 2  # 1: the gap
     assert not os.path.exists(w.path)
     assert w.retry() and w.degraded is None
     w.event(suspect(1))
     w.close()
     entries, _ = read_all(w.path)
-    # The held config record comes first in the new file, then the gap.
-    assert [(e.record["k"], e.record["n"]) for e in entries] == [("config", 1), ("gap", 2), ("event", 3)]
+    # The gap, the held config record, the config again (a replay may restart after a gap).
+    assert [(e.record["k"], e.record["n"]) for e in entries] == \
+        [("gap", 1), ("config", 2), ("config", 3), ("event", 4)]
     assert [c[0] for c in health.calls] == [True, False]
 
 
