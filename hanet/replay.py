@@ -148,6 +148,12 @@ class _NodeFold:
     params: dict[str, Any] | None = None
     #: cause record number -> (event entry, step) for events folded since the last transition check
     pending: dict[int, tuple[Entry, Any]] = field(default_factory=dict)
+    #: Records may be missing (damage, a gap): only a snapshot can restart the fold.
+    broken: bool = False
+
+    def forget(self) -> None:
+        self.machine, self.broken = None, True
+        self.pending.clear()
 
 
 def _step_diff(tr: dict[str, Any], step) -> str:
@@ -174,27 +180,33 @@ class _Unusable(Exception):
 
 
 def verify(entries: Iterable[Entry], machine_factory: Any = None,
-           on_damage: OnDamage | None = None) -> VerifyResult:
+           on_damage: OnDamage | None = None, damage_log: list[Damage] | None = None) -> VerifyResult:
     """Fold each node's recorded events through a fresh machine; stop at the first difference.
 
     A transition record must exist for an event iff the replayed step changed something.
     ``machine_factory`` has ``from_params(params)`` and ``from_snapshot(params, snap)``; its
     machines have ``step(event)`` and ``reconfigure(params)`` (default: hanet.machine.Machine).
-    A gap record (the reader reports it as damage) drops the node's machine: records may be
-    missing before it, so the fold restarts at the next snapshot. A config or snapshot that no
-    machine can be built from is reported to ``on_damage`` and dropped the same way.
+    Damage is never a mismatch: damage the reader appended to ``damage_log`` since the last
+    record, and a gap record, drop the node's machine (records may be missing there), and its
+    fold restarts at the next snapshot. A config or snapshot that no machine can be built from
+    is reported to ``on_damage`` and dropped the same way.
     """
     if machine_factory is None:
         machine_factory = machine.Machine
     result = VerifyResult()
     nodes: dict[str, _NodeFold] = {}
+    seen = 0
     for entry in entries:
+        if damage_log is not None and len(damage_log) > seen:
+            for found in damage_log[seen:]:
+                if found.node in nodes:
+                    nodes[found.node].forget()
+            seen = len(damage_log)
         fold = nodes.setdefault(entry.record["node"], _NodeFold())
         try:
             mismatch = _verify_record(fold, entry, machine_factory, result)
         except _Unusable as exc:
-            fold.machine, fold.params = None, None
-            fold.pending.clear()
+            fold.forget()
             if on_damage is not None:
                 on_damage(Damage(entry.file, entry.offset, 0, f"bad record: {exc}",
                                  node=entry.record["node"]))
@@ -236,12 +248,12 @@ def _verify_record(fold: _NodeFold, entry: Entry, machine_factory: Any,
             fold.machine.reconfigure(fold.params)
     elif kind == "gap":
         result.gaps += 1
-        fold.machine = None
-        fold.pending.clear()
+        fold.forget()
     elif kind == "snapshot":
         if fold.machine is None and fold.params is not None:
             try:
                 fold.machine = machine_factory.from_snapshot(fold.params, rec.get("s") or {})
+                fold.broken = False
             except (TypeError, ValueError, KeyError, AttributeError) as exc:
                 raise _Unusable(f"snapshot the machine cannot use: {type(exc).__name__}: {exc}") from exc
     elif kind == "event":
@@ -250,7 +262,7 @@ def _verify_record(fold: _NodeFold, entry: Entry, machine_factory: Any,
                 return Mismatch(event_entry, f"replay made transition {_describe_step(step)} "
                                              f"that the log does not record")
         fold.pending.clear()
-        if fold.machine is None and fold.params is not None:
+        if fold.machine is None and fold.params is not None and not fold.broken:
             fold.machine = machine_factory.from_params(fold.params)
         if fold.machine is None:
             result.unverified += 1
@@ -424,7 +436,7 @@ def main(argv: list[str]) -> int:
     status = EXIT_OK
     try:
         if args.verify:
-            result = verify(entries, on_damage=report)
+            result = verify(entries, on_damage=report, damage_log=damage)
             for line in result.unwritten:
                 print(f"note: {line}")
             if result.mismatch:
