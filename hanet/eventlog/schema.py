@@ -25,7 +25,7 @@ string, never a class path.
 from __future__ import annotations
 
 import dataclasses
-import functools
+import itertools
 from typing import Any, Callable, Mapping
 
 from .. import model
@@ -72,19 +72,62 @@ _WIRE_CLASSES = {"int": (int,), "int | None": (int, _NONE), "str": (str,), "str 
                  "bool": (bool,), "float": (float, int), "tuple[bool, ...]": (list,),
                  "tuple[str, ...]": (list,), "tuple[int, ...]": (list,), "dict[str, Any]": (dict,)}
 _ITEM_CLASSES = {"tuple[bool, ...]": bool, "tuple[str, ...]": str, "tuple[int, ...]": int}
-_MISSING = object()
+class _Missing:
+    """The value of a field a wire dict leaves out (its class tells it from None)."""
+
+
+_MISSING = _Missing()
+_REPEAT_MISSING = itertools.repeat(_MISSING)
 _ENVELOPE = (("node", str), ("n", int), ("mono", int), ("wall", int), ("k", str))
+_ENVELOPE_KEYS = tuple(name for name, _ in _ENVELOPE)
+_ENVELOPE_CLASSES = tuple(cls for _, cls in _ENVELOPE)
+_TRANSITION = (("src", (str,)), ("dst", (str,)), ("trigger", (str,)), ("reason", (str,)),
+               ("active", (int, _NONE)), ("cause", (int,)), ("actions", (list,)))
+_TRANSITION_KEYS = tuple(name for name, _ in _TRANSITION)
+_TRANSITION_CLASSES = frozenset(itertools.product(*(classes for _, classes in _TRANSITION)))
+#: Beyond this many combinations of field classes a shape is checked field by field.
+_MAX_COMBINATIONS = 256
 
 
-@functools.cache
-def _fields(cls: type) -> tuple[tuple[str, tuple[type, ...] | None, type | None, bool], ...]:
-    """(name, wire classes or None if any, item class of a list, required) per field of ``cls``."""
-    out = []
-    for f in dataclasses.fields(cls):
-        annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        out.append((f.name, _WIRE_CLASSES.get(annotation), _ITEM_CLASSES.get(annotation), required))
-    return tuple(out)
+@dataclasses.dataclass(frozen=True)
+class _Shape:
+    """The fields of one event or action type, and the fast test of a wire dict against them:
+    the tuple of its values' classes (_Missing for a missing field) must be one of ``accepted``."""
+    fields: tuple[tuple[str, tuple[type, ...] | None, type | None, bool], ...]
+    names: tuple[str, ...]
+    accepted: frozenset[tuple[type, ...]] | None  # None: check field by field
+
+
+_SHAPES: dict[type, _Shape] = {}
+
+
+def _shape(cls: type) -> _Shape:
+    shape = _SHAPES.get(cls)
+    if shape is None:
+        fields = []
+        for f in dataclasses.fields(cls):
+            annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            fields.append((f.name, _WIRE_CLASSES.get(annotation), _ITEM_CLASSES.get(annotation), required))
+        shape = _SHAPES[cls] = _Shape(tuple(fields), tuple(f[0] for f in fields), _combinations(fields))
+    return shape
+
+
+def _combinations(fields) -> frozenset[tuple[type, ...]] | None:
+    """Every accepted tuple of value classes, when a whole-dict test can stand for the fields'."""
+    choices = []
+    for _name, classes, item, required in fields:
+        if classes is None or item is not None or required and _NONE in classes:
+            return None  # any value, list items, or a required field that may be None
+        choices.append(classes if required else classes + (_Missing,))
+    count = 1
+    for c in choices:
+        count *= len(c)
+    return frozenset(itertools.product(*choices)) if count <= _MAX_COMBINATIONS else None
+
+
+#: event type string -> its shape (a type missing here is checked the slow way, not refused)
+_EVENT_SHAPES = {name: _shape(cls) for name, cls in model.EVENT_TYPES.items()}
 
 
 def _item_problem(what: str, data: Any, registry: Mapping[str, type]) -> str:
@@ -94,7 +137,11 @@ def _item_problem(what: str, data: Any, registry: Mapping[str, type]) -> str:
     cls = registry.get(data.get("type"))
     if cls is None:
         return f"{what} has unknown type {data.get('type')!r}"
-    for name, classes, item, required in _fields(cls):
+    shape = _SHAPES.get(cls) or _shape(cls)
+    if shape.accepted is not None and \
+            tuple(map(type, map(data.get, shape.names, _REPEAT_MISSING))) in shape.accepted:
+        return ""
+    for name, classes, item, required in shape.fields:
         value = data.get(name, _MISSING)
         if value is _MISSING:
             if required:
@@ -111,21 +158,25 @@ def _ranges_problem(value: Any) -> bool:
         r.__class__ is not list or len(r) != 2 or any(v.__class__ is not int for v in r) for r in value)
 
 
+def _transition_problem(body: dict[str, Any]) -> str:
+    for name, classes in _TRANSITION:
+        if body.get(name, _MISSING).__class__ not in classes:
+            return f"transition field {name} is missing or a {type(body.get(name)).__name__}"
+    for i, action in enumerate(body["actions"]):
+        found = _item_problem(f"action {i}", action, model.ACTION_TYPES)
+        if found:
+            return f"transition {found}"
+    return ""
+
+
 def _body_problem(kind: str, body: Any) -> str:
     if kind == EVENT:
         return _item_problem("event", body, model.EVENT_TYPES)
     if body.__class__ is not dict:
         return f"{kind} body is a {type(body).__name__}, not a map"
     if kind == TRANSITION:
-        for name, classes in (("src", (str,)), ("dst", (str,)), ("trigger", (str,)), ("reason", (str,)),
-                              ("active", (int, _NONE)), ("cause", (int,)), ("actions", (list,))):
-            if body.get(name, _MISSING).__class__ not in classes:
-                return f"transition field {name} is missing or a {type(body.get(name)).__name__}"
-        for i, action in enumerate(body["actions"]):
-            problem = _item_problem(f"action {i}", action, model.ACTION_TYPES)
-            if problem:
-                return f"transition {problem}"
-    elif kind == GAP:
+        return _transition_problem(body)
+    if kind == GAP:
         if _ranges_problem(body.get("lost")) or _ranges_problem(body.get("unsure")):
             return "gap ranges are not lists of [first, last]"
         if body.get("reason").__class__ is not str or body.get("errno").__class__ is not str:
@@ -135,20 +186,66 @@ def _body_problem(kind: str, body: Any) -> str:
 
 def problem(rec: dict[str, Any]) -> str:
     """Why the decoded (and upcast) map ``rec`` is not a well-formed record ("" if it is)."""
-    for name, cls in _ENVELOPE:
-        value = rec.get(name, _MISSING)
-        if value is _MISSING:
-            missing = [key for key in ("v", "node", "n", "mono", "wall", "k") if key not in rec]
-            return f"missing {', '.join(missing)}"
-        if value.__class__ is not cls:
-            return f"{name} is a {type(value).__name__}, not {cls.__name__}"
+    if _well_formed(rec):
+        return ""
+    if tuple(map(type, map(rec.get, _ENVELOPE_KEYS))) != _ENVELOPE_CLASSES:
+        return _envelope_problem(rec)
     kind = rec["k"]
     key = BODY_KEYS.get(kind)
     if key is None:
         return f"unknown record kind {kind!r}"
-    if key not in rec:
+    body = rec.get(key, _MISSING)
+    if body is _MISSING:
         return f"{kind} record without its body {key!r}"
-    return _body_problem(kind, rec[key])
+    return _body_problem(kind, body)
+
+
+def _well_formed(rec: dict[str, Any]) -> bool:
+    """The common case, fast (the reader runs this on every record); False means "look closer"
+    (the detailed checks then name the problem, or find none)."""
+    if tuple(map(type, map(rec.get, _ENVELOPE_KEYS))) != _ENVELOPE_CLASSES:
+        return False
+    kind = rec["k"]
+    if kind == EVENT:
+        data = rec.get("e")
+        if data.__class__ is not dict:
+            return False
+        shape = _EVENT_SHAPES.get(data.get("type"))
+        return shape is not None and shape.accepted is not None and \
+            tuple(map(type, map(data.get, shape.names, _REPEAT_MISSING))) in shape.accepted
+    if kind == TRANSITION:
+        body = rec.get("tr")
+        return (body.__class__ is dict
+                and tuple(map(type, map(body.get, _TRANSITION_KEYS, _REPEAT_MISSING))) in _TRANSITION_CLASSES
+                and _items_ok(body["actions"], model.ACTION_TYPES))
+    return False
+
+
+def _items_ok(items, registry: Mapping[str, type]) -> bool:
+    """Every item the wire form of a model event or action, by the whole-dict test."""
+    type_of = registry.get
+    shapes = _SHAPES
+    for data in items:
+        if data.__class__ is not dict:
+            return False
+        cls = type_of(data.get("type"))
+        if cls is None:
+            return False
+        shape = shapes.get(cls) or _shape(cls)
+        if shape.accepted is None or \
+                tuple(map(type, map(data.get, shape.names, _REPEAT_MISSING))) not in shape.accepted:
+            return False
+    return True
+
+
+def _envelope_problem(rec: dict[str, Any]) -> str:
+    missing = [key for key in ("v",) + _ENVELOPE_KEYS if key not in rec]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    for name, cls in _ENVELOPE:
+        if rec[name].__class__ is not cls:
+            return f"{name} is a {type(rec[name]).__name__}, not {cls.__name__}"
+    return ""
 
 
 def upcast(rec: Any, upcasters: Mapping[int, Upcaster] = UPCASTERS) -> dict[str, Any]:
