@@ -20,8 +20,8 @@ A log that cannot be written is reported, never obeyed: failing over must not de
 disk. No I/O error (ENOSPC, EDQUOT, EIO, EROFS, ...) of open, write, fdatasync, close or the
 renames of a rotation leaves the writer; it turns *degraded* instead (see ``Writer``), keeps
 numbering records, holds at most ``max_pending_bytes`` of them, counts the rest as lost, and
-once the file takes writes again writes a "gap" record naming what was lost before any newer
-record.
+once the file takes writes again writes a "gap" record naming what was lost, in the place
+where the failure began.
 """
 from __future__ import annotations
 
@@ -124,43 +124,56 @@ class _Failure:
 class Writer:
     """One node's append-only log at ``path`` (rotated files are path.1 ... path.keep).
 
-    Constructor (all but ``path`` and ``node`` keyword-only)::
+    Constructor (all but ``path`` and ``node`` keyword-only; a bad value raises ValueError)::
 
         Writer(path, node, durability="transition", rotate_bytes=64 MiB, keep=8,
                params=None, snapshot=None, buffer_bytes=0,
-               max_pending_bytes=1 MiB, retry_interval_ns=1 s,
-               on_health=None, ops=FileOps(), mono_ns=time.monotonic_ns, wall_ns=time.time_ns)
+               max_pending_bytes=1 MiB, retry_interval_ns=1_000_000_000,
+               on_health=None, ops=None, mono_ns=time.monotonic_ns, wall_ns=time.time_ns)
+        Writer.from_config(cfg.eventlog, node, **any of the keyword arguments above)
 
-    ``params`` and ``snapshot`` return the machine's parameters and state; ``params`` is written
-    when the writer opens (a daemon start) and both at the top of every rotated-in file (and of
-    a file created anew after a failure). Record numbers continue from the last record already
-    in the log. Not thread-safe: one writer per log, used from the event loop.
+    ``params()`` and ``snapshot()`` return the machine's parameters and state. ``params`` is
+    written when the writer opens (a daemon start); both are written at the top of every
+    rotated-in file and right after every gap record, so that a replay can check again from
+    there. Record numbers continue from the last record already in the log. ``ops`` (default
+    ``FileOps()``) makes the system calls. Not thread-safe: one writer per log, used from the
+    event loop.
 
-    Records: ``event(ev) -> n``, ``transition(step, cause) -> n`` (durable on return unless
-    durability "none"), ``config(params, durable=False) -> n``, ``snapshot(state, durable=False)
-    -> n``, ``append(kind, body, durable=False) -> n``. Kinds: "event", "transition", "config",
-    "snapshot", and "gap", which only the writer writes.
+    Records, each returning its record number ``n``: ``event(ev)``, ``transition(step, cause)``
+    (fdatasync'd before it returns, unless durability is "none" or the writer is degraded),
+    ``config(params, durable=False)``, ``snapshot(state, durable=False)``,
+    ``append(kind, body, durable=False)``. Kinds (schema.py): "event", "transition", "config",
+    "snapshot", and "gap", which only the writer itself writes.
 
-    I/O failures never raise out of any method (only a bad argument, or a body msgpack cannot
-    encode, raises). Every append returns its record number at once, written or not:
+    No I/O error leaves any method (only a bad argument, a body msgpack cannot encode, or an
+    exception raised by ``on_health`` itself). Every append returns its number at once, written
+    or not. The health of the log:
 
-    - ``degraded``: None while healthy, else a ``Degradation`` (reason, errno name, since_ns,
-      lost and unsure record-number ranges so far).
-    - ``on_health(degraded: bool, detail: Degradation)``: called once with True when a failure
-      begins, once with False (and the final detail) when a gap record has been written and,
-      unless durability is "none", fdatasync'd. Exceptions from it propagate to the caller.
-    - ``retry() -> bool``: try to write again now (the shell calls it periodically); True when
-      healthy. Costs one attribute test when healthy. Appends also retry, at most once per
-      ``retry_interval_ns``.
-    - ``counters``: a ``Counters`` (records_lost, records_unsure, write_errors, sync_errors,
-      open_errors, gaps_written).
-    - ``flush()``, ``sync()``, ``close()``: as before; they report failure through the above.
+    ``degraded`` -> None while healthy, else a ``Degradation``: ``reason`` ("write PATH: No
+        space left on device"), ``errno`` ("ENOSPC"), ``since_ns`` (CLOCK_MONOTONIC at the first
+        failure), ``lost`` and ``unsure`` (inclusive record-number ranges so far).
+    ``on_health(degraded: bool, detail: Degradation)`` -> called exactly once with True when a
+        failure begins and once with False, with the final detail, when the gap record has been
+        written and (unless durability is "none") fdatasync'd.
+    ``retry() -> bool`` -> try to write again now; True when healthy. The shell calls it
+        periodically; when healthy it costs one attribute test and no system call. Appends
+        retry too, at most once per ``retry_interval_ns``; ``flush()``, ``sync()`` and
+        ``close()`` always do.
+    ``counters`` -> a ``Counters``: records_lost, records_unsure, write_errors, sync_errors,
+        open_errors, gaps_written.
+    ``n`` -> the number of the last record appended (or reserved for a gap).
 
-    While degraded, records are held (in order) up to ``max_pending_bytes``; later ones are
-    dropped and their numbers listed as lost. After a failed fdatasync the kernel may have
-    dropped the dirty pages and reports the error only once, so every record since the last good
-    fdatasync is listed as unsure, the file is closed and opened again (a fresh descriptor on
-    the same path), and records already handed to the kernel are not written twice.
+    While degraded, records are held in order up to ``max_pending_bytes``; from the first one
+    that does not fit, every record is dropped and its number listed as lost until the held
+    ones are written. When the failure begins, the gap record's number and place are taken:
+    after the records held so far, before any appended later, so it precedes every record it
+    may be missing; it is written, naming everything lost until then, once the file takes
+    writes again. After a failed fdatasync the kernel may have dropped the dirty pages and
+    reports the error only once, so the records since the last good fdatasync are listed as
+    unsure (not rewritten: they may well be in the file, and would then be there twice), and
+    the file is closed and opened again on recovery: a fresh descriptor on whatever file is at
+    ``path`` (a new one if a rotation failed half-way). ``close()`` on a disk that still
+    refuses counts what it holds as lost; no gap record can say so then.
     """
 
     def __init__(self, path: str, node: str, *, durability: str = "transition",
