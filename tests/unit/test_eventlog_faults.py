@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
+import tempfile
 from collections import Counter
 
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from hanet import machine, model
 from hanet.eventlog import Writer, read_files, rotated_set
@@ -40,7 +45,7 @@ class FaultyOps(FileOps):
     def fail(self, op: str, code: int, nth: int = 1, times: int = 1) -> None:
         self.faults.setdefault(op, []).append([self.calls[op] + nth, times, code])
 
-    def short_next(self, k: int) -> None:
+    def short_next(self, k: int | None) -> None:
         self._short = k
 
     def _check(self, op: str) -> None:
@@ -315,3 +320,78 @@ def test_close_never_raises(tmp_path):
     ops.fail("close", errno.EIO)
     w.close()
     assert w.counters.sync_errors >= 1
+
+
+# --------------------------------------------------------------------------- any sequence of faults
+class WriterUnderFaults(RuleBasedStateMachine):
+    """Appends interleaved with failures of every kind, then the disk heals: every record
+    appended is in the log, whole and once, or named lost by a gap record; nothing else is
+    damaged; record numbers only go up; the health callback alternates."""
+
+    def __init__(self):
+        super().__init__()
+        self.directory = tempfile.mkdtemp(prefix="hanet-faults-")
+        self.ops, self.health = FaultyOps(), Health()
+        self.writer = Writer(os.path.join(self.directory, "events.hlog"), "alpha", ops=self.ops,
+                             on_health=self.health, rotate_bytes=1024, keep=1000, retry_interval_ns=0,
+                             max_pending_bytes=600, params=lambda: {"multiplier": 3},
+                             snapshot=lambda: {"state": "Monitoring"})
+        self.appended: list[int] = [1]  # the config record at open
+
+    @rule(i=st.integers(0, 1000))
+    def event(self, i):
+        self.appended.append(self.writer.event(suspect(i)))
+
+    @rule()
+    def transition(self):
+        self.appended.append(self.writer.transition(STEP, self.writer.n))
+
+    @rule(full=st.booleans())
+    def disk(self, full):
+        self.ops.full = full
+
+    @rule(op=st.sampled_from(["write", "fdatasync", "open", "replace", "fsync", "close"]),
+          code=st.sampled_from([errno.EIO, errno.ENOSPC, errno.EROFS, errno.EDQUOT]),
+          times=st.integers(1, 3))
+    def fail(self, op, code, times):
+        self.ops.fail(op, code, times=times)
+
+    @rule(k=st.integers(1, 40))
+    def short_write(self, k):
+        self.ops.short_next(k)
+
+    @rule()
+    def retry(self):
+        assert self.writer.retry() == (self.writer.degraded is None)
+
+    @rule()
+    def flush(self):
+        self.writer.flush()
+
+    @invariant()
+    def memory_is_bounded(self):
+        assert len(self.writer._pending) <= 600 + 2 * 400  # the bound, plus a gap and a record in flight
+
+    def teardown(self):
+        try:
+            self.ops.full = False
+            self.ops.faults.clear()
+            self.ops.short_next(None)
+            assert self.writer.retry() and self.writer.degraded is None
+            self.writer.close()
+            entries, damage = read_all(*rotated_set(self.writer.path))
+            numbers = [e.record["n"] for e in entries]
+            assert numbers == sorted(set(numbers))
+            assert all(d.gap for d in damage)
+            lost = {n for g in gaps(entries) for a, b in g["g"]["lost"] for n in range(a, b + 1)}
+            for n in self.appended:
+                assert (n in numbers) != (n in lost), n
+            calls = [c[0] for c in self.health.calls]
+            assert calls == [True, False] * (len(calls) // 2)
+            assert len(gaps(entries)) >= len(calls) // 2
+        finally:
+            shutil.rmtree(self.directory)
+
+
+WriterUnderFaults.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+test_writer_under_any_sequence_of_faults = WriterUnderFaults.TestCase
