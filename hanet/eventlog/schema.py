@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import operator
 from typing import Any, Callable, Mapping
 
 from .. import model
@@ -72,30 +73,24 @@ _WIRE_CLASSES = {"int": (int,), "int | None": (int, _NONE), "str": (str,), "str 
                  "bool": (bool,), "float": (float, int), "tuple[bool, ...]": (list,),
                  "tuple[str, ...]": (list,), "tuple[int, ...]": (list,), "dict[str, Any]": (dict,)}
 _ITEM_CLASSES = {"tuple[bool, ...]": bool, "tuple[str, ...]": str, "tuple[int, ...]": int}
-class _Missing:
-    """The value of a field a wire dict leaves out (its class tells it from None)."""
-
-
-_MISSING = _Missing()
-_REPEAT_MISSING = itertools.repeat(_MISSING)
+_MISSING = object()
 _ENVELOPE = (("node", str), ("n", int), ("mono", int), ("wall", int), ("k", str))
-_ENVELOPE_KEYS = tuple(name for name, _ in _ENVELOPE)
-_ENVELOPE_CLASSES = tuple(cls for _, cls in _ENVELOPE)
 _TRANSITION = (("src", (str,)), ("dst", (str,)), ("trigger", (str,)), ("reason", (str,)),
                ("active", (int, _NONE)), ("cause", (int,)), ("actions", (list,)))
-_TRANSITION_KEYS = tuple(name for name, _ in _TRANSITION)
+_TRANSITION_GETTER = operator.itemgetter(*(name for name, _ in _TRANSITION))
 _TRANSITION_CLASSES = frozenset(itertools.product(*(classes for _, classes in _TRANSITION)))
-#: Beyond this many combinations of field classes a shape is checked field by field.
+#: Beyond this many combinations of field classes a type is checked field by field only.
 _MAX_COMBINATIONS = 256
 
 
 @dataclasses.dataclass(frozen=True)
 class _Shape:
-    """The fields of one event or action type, and the fast test of a wire dict against them:
-    the tuple of its values' classes (_Missing for a missing field) must be one of ``accepted``."""
+    """The fields of one event or action type, and a fast test of a wire dict that has them all
+    (as the writer writes it): the classes of ``getter(data)`` ("type", then each field) must be
+    one of ``accepted``. Anything else is checked field by field."""
     fields: tuple[tuple[str, tuple[type, ...] | None, type | None, bool], ...]
-    names: tuple[str, ...]
-    accepted: frozenset[tuple[type, ...]] | None  # None: check field by field
+    getter: Callable[[dict[str, Any]], tuple[Any, ...]]
+    accepted: frozenset[tuple[type, ...]]
 
 
 _SHAPES: dict[type, _Shape] = {}
@@ -109,39 +104,95 @@ def _shape(cls: type) -> _Shape:
             annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
             required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
             fields.append((f.name, _WIRE_CLASSES.get(annotation), _ITEM_CLASSES.get(annotation), required))
-        shape = _SHAPES[cls] = _Shape(tuple(fields), tuple(f[0] for f in fields), _combinations(fields))
+        getter = operator.itemgetter("type", *(f[0] for f in fields))
+        shape = _SHAPES[cls] = _Shape(tuple(fields), getter, _combinations(fields))
     return shape
 
 
-def _combinations(fields) -> frozenset[tuple[type, ...]] | None:
-    """Every accepted tuple of value classes, when a whole-dict test can stand for the fields'."""
-    choices = []
-    for _name, classes, item, required in fields:
-        if classes is None or item is not None or required and _NONE in classes:
-            return None  # any value, list items, or a required field that may be None
-        choices.append(classes if required else classes + (_Missing,))
+def _combinations(fields) -> frozenset[tuple[type, ...]]:
+    """Every accepted tuple of value classes ("type" first), or none when the fields must be
+    looked at one by one (any value allowed, list items, too many combinations)."""
+    choices: list[tuple[type, ...]] = [(str,)]
+    for _name, classes, item, _required in fields:
+        if classes is None or item is not None:
+            return frozenset()
+        choices.append(classes)
     count = 1
     for c in choices:
         count *= len(c)
-    return frozenset(itertools.product(*choices)) if count <= _MAX_COMBINATIONS else None
+    return frozenset(itertools.product(*choices)) if count <= _MAX_COMBINATIONS else frozenset()
 
 
-#: event type string -> its shape (a type missing here is checked the slow way, not refused)
+#: type string -> its shape (a type registered later is checked field by field, not refused)
 _EVENT_SHAPES = {name: _shape(cls) for name, cls in model.EVENT_TYPES.items()}
+_ACTION_SHAPES = {name: _shape(cls) for name, cls in model.ACTION_TYPES.items()}
+
+
+def problem(rec: dict[str, Any]) -> str:
+    """Why the decoded (and upcast) map ``rec`` is not a well-formed record ("" if it is)."""
+    if _well_formed(rec):
+        return ""
+    found = _envelope_problem(rec)
+    if found:
+        return found
+    kind = rec["k"]
+    key = BODY_KEYS.get(kind)
+    if key is None:
+        return f"unknown record kind {kind!r}"
+    body = rec.get(key, _MISSING)
+    if body is _MISSING:
+        return f"{kind} record without its body {key!r}"
+    return _body_problem(kind, body)
+
+
+def _well_formed(rec: dict[str, Any]) -> bool:
+    """The common case, fast (the reader runs this on every record): an event or a transition
+    exactly as the writer makes it. False means "look closer": the checks below then name the
+    problem, or find none."""
+    try:
+        if not (rec["node"].__class__ is str and rec["n"].__class__ is int
+                and rec["mono"].__class__ is int and rec["wall"].__class__ is int):
+            return False
+        kind = rec["k"]
+        if kind == EVENT:
+            data = rec["e"]
+            shape = _EVENT_SHAPES[data["type"]]
+            return tuple(map(type, shape.getter(data))) in shape.accepted
+        if kind == TRANSITION:
+            body = rec["tr"]
+            if tuple(map(type, _TRANSITION_GETTER(body))) not in _TRANSITION_CLASSES:
+                return False
+            for data in body["actions"]:
+                shape = _ACTION_SHAPES[data["type"]]
+                if tuple(map(type, shape.getter(data))) not in shape.accepted:
+                    return False
+            return True
+    except (KeyError, TypeError, IndexError):  # not a map, a key missing, an unhashable type
+        return False
+    return False
+
+
+def _envelope_problem(rec: dict[str, Any]) -> str:
+    missing = [key for key in ("v",) + tuple(name for name, _ in _ENVELOPE) if key not in rec]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    for name, cls in _ENVELOPE:
+        if rec[name].__class__ is not cls:
+            return f"{name} is a {type(rec[name]).__name__}, not {cls.__name__}"
+    return ""
 
 
 def _item_problem(what: str, data: Any, registry: Mapping[str, type]) -> str:
     """Why ``data`` is not the wire form of a model event or action ("" if it is)."""
     if data.__class__ is not dict:
         return f"{what} is a {type(data).__name__}, not a map"
-    cls = registry.get(data.get("type"))
+    try:
+        cls = registry.get(data.get("type"))
+    except TypeError:  # an unhashable "type"
+        cls = None
     if cls is None:
         return f"{what} has unknown type {data.get('type')!r}"
-    shape = _SHAPES.get(cls) or _shape(cls)
-    if shape.accepted is not None and \
-            tuple(map(type, map(data.get, shape.names, _REPEAT_MISSING))) in shape.accepted:
-        return ""
-    for name, classes, item, required in shape.fields:
+    for name, classes, item, required in _shape(cls).fields:
         value = data.get(name, _MISSING)
         if value is _MISSING:
             if required:
@@ -181,70 +232,6 @@ def _body_problem(kind: str, body: Any) -> str:
             return "gap ranges are not lists of [first, last]"
         if body.get("reason").__class__ is not str or body.get("errno").__class__ is not str:
             return "gap reason or errno is not a string"
-    return ""
-
-
-def problem(rec: dict[str, Any]) -> str:
-    """Why the decoded (and upcast) map ``rec`` is not a well-formed record ("" if it is)."""
-    if _well_formed(rec):
-        return ""
-    if tuple(map(type, map(rec.get, _ENVELOPE_KEYS))) != _ENVELOPE_CLASSES:
-        return _envelope_problem(rec)
-    kind = rec["k"]
-    key = BODY_KEYS.get(kind)
-    if key is None:
-        return f"unknown record kind {kind!r}"
-    body = rec.get(key, _MISSING)
-    if body is _MISSING:
-        return f"{kind} record without its body {key!r}"
-    return _body_problem(kind, body)
-
-
-def _well_formed(rec: dict[str, Any]) -> bool:
-    """The common case, fast (the reader runs this on every record); False means "look closer"
-    (the detailed checks then name the problem, or find none)."""
-    if tuple(map(type, map(rec.get, _ENVELOPE_KEYS))) != _ENVELOPE_CLASSES:
-        return False
-    kind = rec["k"]
-    if kind == EVENT:
-        data = rec.get("e")
-        if data.__class__ is not dict:
-            return False
-        shape = _EVENT_SHAPES.get(data.get("type"))
-        return shape is not None and shape.accepted is not None and \
-            tuple(map(type, map(data.get, shape.names, _REPEAT_MISSING))) in shape.accepted
-    if kind == TRANSITION:
-        body = rec.get("tr")
-        return (body.__class__ is dict
-                and tuple(map(type, map(body.get, _TRANSITION_KEYS, _REPEAT_MISSING))) in _TRANSITION_CLASSES
-                and _items_ok(body["actions"], model.ACTION_TYPES))
-    return False
-
-
-def _items_ok(items, registry: Mapping[str, type]) -> bool:
-    """Every item the wire form of a model event or action, by the whole-dict test."""
-    type_of = registry.get
-    shapes = _SHAPES
-    for data in items:
-        if data.__class__ is not dict:
-            return False
-        cls = type_of(data.get("type"))
-        if cls is None:
-            return False
-        shape = shapes.get(cls) or _shape(cls)
-        if shape.accepted is None or \
-                tuple(map(type, map(data.get, shape.names, _REPEAT_MISSING))) not in shape.accepted:
-            return False
-    return True
-
-
-def _envelope_problem(rec: dict[str, Any]) -> str:
-    missing = [key for key in ("v",) + _ENVELOPE_KEYS if key not in rec]
-    if missing:
-        return f"missing {', '.join(missing)}"
-    for name, cls in _ENVELOPE:
-        if rec[name].__class__ is not cls:
-            return f"{name} is a {type(rec[name]).__name__}, not {cls.__name__}"
     return ""
 
 
