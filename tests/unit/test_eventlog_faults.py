@@ -327,6 +327,7 @@ class WriterUnderFaults(RuleBasedStateMachine):
     """Appends interleaved with failures of every kind, then the disk heals: every record
     appended is in the log, whole and once, or named lost by a gap record; nothing else is
     damaged; record numbers only go up; the health callback alternates."""
+    durability = "transition"
 
     def __init__(self):
         super().__init__()
@@ -334,6 +335,7 @@ class WriterUnderFaults(RuleBasedStateMachine):
         self.ops, self.health = FaultyOps(), Health()
         self.writer = Writer(os.path.join(self.directory, "events.hlog"), "alpha", ops=self.ops,
                              on_health=self.health, rotate_bytes=1024, keep=1000, retry_interval_ns=0,
+                             durability=self.durability,
                              max_pending_bytes=600, params=lambda: {"multiplier": 3},
                              snapshot=lambda: {"state": "Monitoring"})
         self.appended: list[int] = [1]  # the config record at open
@@ -393,5 +395,16 @@ class WriterUnderFaults(RuleBasedStateMachine):
             shutil.rmtree(self.directory)
 
 
-WriterUnderFaults.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+class WriterUnderFaultsSyncingEvery(WriterUnderFaults):
+    durability = "every"
+
+
+class WriterUnderFaultsNeverSyncing(WriterUnderFaults):
+    durability = "none"
+
+
+for machine_class in (WriterUnderFaults, WriterUnderFaultsSyncingEvery, WriterUnderFaultsNeverSyncing):
+    machine_class.TestCase.settings = settings(max_examples=40, stateful_step_count=40, deadline=None)
 test_writer_under_any_sequence_of_faults = WriterUnderFaults.TestCase
+test_writer_under_any_sequence_of_faults_syncing_every_record = WriterUnderFaultsSyncingEvery.TestCase
+test_writer_under_any_sequence_of_faults_never_syncing = WriterUnderFaultsNeverSyncing.TestCase
