@@ -229,9 +229,12 @@ class Engine:
         try:
             self.writer = Writer.from_config(self.cfg.eventlog, self.cfg.node_id,
                                              params=lambda: self.machine.params.to_dict(),
-                                             snapshot=self.machine.snapshot)
-        except OSError as exc:
-            self._log_failed(exc)
+                                             snapshot=self.machine.snapshot, on_health=self._log_health)
+        except OSError as exc:  # not even a directory for it: act without a log
+            self.log_error = f"cannot open {self.cfg.eventlog.path}: {exc.strerror}"
+            log.error("eventlog unavailable path=%s error=%s: acting without a record",
+                      self.cfg.eventlog.path, exc.strerror)
+            self._stop_if_log_required()
 
     async def _start_services(self) -> None:
         from .control import ControlServer
@@ -268,10 +271,7 @@ class Engine:
         self.netlink.call(self.netops.close)
         self.netlink.close()
         if self.writer is not None:
-            try:
-                self.writer.close()
-            except OSError as exc:
-                self._log_failed(exc)
+            self.writer.close()
         log.info("stopped state=%s active=%s", self.machine.state, self.machine.active)
 
     def reload(self) -> None:
@@ -292,39 +292,35 @@ class Engine:
         params = M.Params.from_config(new)
         if "paths" not in needs_restart and params != self.machine.params:
             self.machine.reconfigure(params)
-            self._record(lambda w: w.config(params.to_dict(), durable=True))
+            if self.writer is not None:
+                self.writer.config(params.to_dict(), durable=True)
         self.cfg = new if not needs_restart else self.cfg
         log.info("reloaded machine parameters%s",
                  f"; restart needed for: {', '.join(needs_restart)}" if needs_restart else "")
 
     # ------------------------------------------------------------------ the event log
-    def _record(self, write: Callable[[Writer], int]) -> int:
-        """Append through the writer; a failure marks the log degraded and never stops an action."""
-        if self.writer is None:
-            return 0
-        try:
-            n = write(self.writer)
-        except OSError as exc:
-            self._log_failed(exc)
-            return 0
-        if self.log_error:
-            log.warning("eventlog writable again path=%s", self.cfg.eventlog.path)
-            self.log_error = ""
-            self.notifier.status(self.status_line())
-        return n
-
-    def _log_failed(self, exc: OSError) -> None:
-        reason = f"{os.strerror(exc.errno) if exc.errno else exc}"
-        if not self.log_error:
+    def _log_health(self, degraded: bool, detail) -> None:
+        """The writer's one call when the log starts or stops refusing writes."""
+        if degraded:
+            self.log_error = detail.reason
             log.error("eventlog degraded path=%s error=%s: acting without a durable record",
-                      self.cfg.eventlog.path, reason)
-            self.log_error = reason
-            if self.notifier is not None:
-                self.notifier.status(self.status_line())
-        if self.cfg.eventlog.on_failure == "stop" and self._stop is not None:
-            log.error("eventlog.on_failure=stop: stopping")
+                      self.cfg.eventlog.path, detail.reason)
+            self._stop_if_log_required()
+        else:
+            self.log_error = ""
+            log.warning("eventlog writable again path=%s lost=%s unsure=%s", self.cfg.eventlog.path,
+                        detail.lost, detail.unsure)
+        if self.loop is not None:
+            self.notifier.status(self.status_line())
+        if self.metrics is not None:
+            self.metrics.set_eventlog_degraded(degraded)
+
+    def _stop_if_log_required(self) -> None:
+        if self.cfg.eventlog.on_failure == "stop":
+            log.error("eventlog.on_failure=stop: stopping rather than acting without a record")
             self.exit_code = 1
-            self._stop.set()
+            if self._stop is not None:
+                self._stop.set()
 
     # ------------------------------------------------------------------ events
     def _drain_prober(self) -> None:
@@ -359,13 +355,14 @@ class Engine:
         return first
 
     def handle(self, ev: m.Event) -> M.Step:
-        cause = self._record(lambda w: w.event(ev))
+        # The writer never raises: a log it cannot write is reported (degraded), never obeyed.
+        cause = self.writer.event(ev) if self.writer is not None else 0
         lag_us = (time.monotonic_ns() - ev.t_ns) / 1000
         step = self.machine.step(ev)
-        if step.changed:
-            self._record(lambda w: w.transition(step, cause))  # durable before any action runs
-        if self.exit_code and self.cfg.eventlog.on_failure == "stop":
-            return step  # the site chose no unlogged action
+        if step.changed and self.writer is not None:
+            self.writer.transition(step, cause)  # durable before any action runs
+        if self.exit_code:
+            return step  # eventlog.on_failure = "stop": the site chose no unlogged action
         if step.changed or not isinstance(ev, (m.ActionDone,)):
             log.info("event %s lag_us=%.0f", fields_text(ev), lag_us)
         if self.linkwatch is not None:
@@ -420,7 +417,8 @@ class Engine:
             if self.metrics is not None:
                 self.metrics.update_paths(self.path_status())
             if self.writer is not None:
-                self._record(lambda w: w.flush() or w.n)
+                self.writer.retry()
+                self.writer.flush()
 
     # ------------------------------------------------------------------ operators
     def status_line(self) -> str:

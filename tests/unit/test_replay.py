@@ -1,6 +1,7 @@
 """hanet replay: timeline, damage reports and exit codes, jsonl, --verify and --stats."""
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import os
@@ -12,6 +13,7 @@ import pytest
 
 from hanet import machine, model, replay
 from hanet.eventlog import Writer, framing, open_logs, read_file, rotated_set
+from hanet.eventlog.writer import FileOps
 
 MS = 1_000_000
 
@@ -333,3 +335,121 @@ def test_verify_folds_a_path_added_between_runs(tmp_path):
         w.event(model.LinkDown(t_ns=2, path=2))
     result = replay.verify(entries_of(path))
     assert result.mismatch is None and result.events == 2
+
+
+# --------------------------------------------------------------------------- bad input, exit codes
+def test_exit_codes_tell_bad_input_apart(tmp_path, capsys):
+    good = record(str(tmp_path / "good.hlog"), "alpha", failover_events())
+    assert replay.main([good]) == replay.EXIT_OK
+    capsys.readouterr()
+
+    garbage = tmp_path / "garbage.hlog"
+    garbage.write_bytes(b"this is not an event log\n" * 40)
+    assert replay.main([str(garbage)]) == replay.EXIT_DAMAGE
+    assert capsys.readouterr().err.strip() == \
+        "? garbage.hlog @ offset 0: corrupt record (garbage), skipped 1000 bytes"
+
+    truncated = tmp_path / "truncated.hlog"
+    data = open(good, "rb").read()
+    last = entries_of(good)[-1].offset
+    truncated.write_bytes(data[:last + 5])
+    assert replay.main([str(truncated)]) == replay.EXIT_DAMAGE
+    assert capsys.readouterr().err.strip() == \
+        f"alpha truncated.hlog @ offset {last}: torn tail (truncated header), 5 bytes"
+
+    shaped = tmp_path / "shaped.hlog"
+    entries = entries_of(good)
+    victim = entries[2]
+    bad = framing.frame(msgpack.packb({**victim.record, "n": str(victim.record["n"])}))
+    shaped.write_bytes(data[:victim.offset] + bad + data[entries[3].offset:])
+    for mode in ([], ["--verify"], ["--stats"], ["--format", "jsonl"]):
+        assert replay.main(mode + [str(shaped)]) == replay.EXIT_DAMAGE, mode
+        err = capsys.readouterr().err
+        assert f"alpha shaped.hlog @ offset {victim.offset}: corrupt record (bad record: n is a str, not int)" in err
+    assert replay.main(["--allow-damage", str(shaped)]) == replay.EXIT_OK
+    capsys.readouterr()
+
+    missing = str(tmp_path / "missing.hlog")
+    assert replay.main([good, missing]) == replay.EXIT_USAGE
+    assert capsys.readouterr().err.strip() == f"hanet replay: cannot read {missing}: No such file or directory"
+    assert replay.main([str(tmp_path)]) == replay.EXIT_USAGE
+    assert "cannot read" in capsys.readouterr().err
+    assert replay.main(["--no-such-flag", good]) == replay.EXIT_USAGE
+
+
+def test_a_wrong_shaped_event_is_damage_not_a_mismatch(tmp_path, capsys, toy_machine):
+    path = record(str(tmp_path / "events.hlog"), "alpha", failover_events())
+    rewrite(path, lambda rec: {**rec, "e": {**rec["e"], "path": "zero"}}
+            if rec["k"] == "event" and rec["e"]["type"] == "heartbeat.lost" else rec)
+    assert replay.main(["--verify", path]) == replay.EXIT_DAMAGE
+    out, err = capsys.readouterr()
+    assert "verify: ok" in out and "field path is a str" in err
+
+
+def test_an_unusable_config_is_damage_not_a_mismatch(tmp_path, capsys):
+    path = str(tmp_path / "events.hlog")
+    with Writer(path, "alpha", params=lambda: {"paths": 3}) as w:  # not what Params takes
+        w.event(model.LinkDown(t_ns=1, path=0))
+    assert replay.main(["--verify", path]) == replay.EXIT_DAMAGE
+    out, err = capsys.readouterr()
+    assert "verify: ok" in out
+    assert "alpha events.hlog @ offset 0: corrupt record (bad record: config the machine cannot use" in err
+
+
+class FullDisk(FileOps):
+    """Writes fail with ENOSPC while ``full`` is set."""
+    full = False
+
+    def write(self, fd, data):
+        if self.full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return os.write(fd, data)
+
+
+def record_with_a_full_disk(path):
+    """The failover of failover_events(), with the disk full from the heartbeat.lost event
+    through its transition: the event is held and written later, after it the gap record,
+    which names the transition as lost."""
+    m = ToyMachine({"multiplier": 3})
+    ops = FullDisk()
+    mono = itertools.count(0, 1000)
+    with Writer(path, "alpha", params=lambda: m.params, snapshot=m.snapshot, ops=ops,
+                max_pending_bytes=0, retry_interval_ns=0, mono_ns=lambda: next(mono),
+                wall_ns=lambda: 1_700_000_000 * 10**9 + next(mono)) as w:
+        for event in failover_events():
+            ops.full = event.type == "heartbeat.lost"
+            cause = w.event(event)
+            step = m.step(event)
+            if step.changed:
+                w.transition(step, cause)
+    return path
+
+
+def test_a_gap_is_damage_with_its_place_never_a_mismatch(tmp_path, capsys, toy_machine):
+    path = record_with_a_full_disk(str(tmp_path / "events.hlog"))
+    entries = entries_of_with_damage(path)
+    gap = next(e for e in entries if e.record["k"] == "gap")
+    lost = gap.record["g"]["lost"]
+    assert len(lost) == 1 and lost[0][1] == lost[0][0] == gap.record["n"] + 1  # the transition
+    expected = (f"alpha events.hlog @ offset {gap.offset}: gap (n={gap.record['n']}): records "
+                f"{lost[0][0]} lost (ENOSPC: write {path}: No space left on device)")
+
+    assert replay.main([path]) == replay.EXIT_DAMAGE
+    out, err = capsys.readouterr()
+    assert err.strip() == expected
+    assert f"alpha    gap lost={lost[0][0]}-{lost[0][1]} unsure=- errno=ENOSPC" in out
+
+    # Folding on across the gap, the replayed failover would have no transition record: a
+    # mismatch. The gap restarts the fold at the snapshot written after it instead.
+    assert replay.main(["--verify", path]) == replay.EXIT_DAMAGE
+    out, err = capsys.readouterr()
+    assert err.strip() == expected
+    assert "verify: ok, 1 transitions match" in out and "1 gaps" in out
+
+    assert replay.main(["--stats", path]) == replay.EXIT_DAMAGE
+    assert capsys.readouterr().err.strip() == expected
+    assert replay.main(["--verify", "--allow-damage", path]) == replay.EXIT_OK
+
+
+def entries_of_with_damage(*paths):
+    return list(open_logs(paths, lambda damage: None))
