@@ -3,6 +3,7 @@ restart while a path is damped, and the enable delay as the kernel sees it."""
 from __future__ import annotations
 
 import datetime
+import os
 import time
 
 import pytest
@@ -108,3 +109,51 @@ def test_enable_waits_for_the_delay_as_the_kernel_sees_it(make_lab):
             added = stamp
     assert removed is not None and added is not None, out
     assert (added - removed) * 1000 >= delay_ms - 1.0, (added - removed)
+
+
+def test_a_full_disk_under_the_log_never_stops_a_failover(make_lab, tmp_path):
+    """alpha's event log on a 64 KiB tmpfs that is full from the start: alpha fails over all the
+    same, says its log is degraded, and writes again (with a gap record) once space returns."""
+    import subprocess
+
+    from hanet import replay
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
+    try:
+        filler = mount / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+        try:  # fill it: bounded by the tmpfs size
+            for _ in range(1024):
+                os.write(fd, b"\0" * 4096)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        lab = make_lab(start=False)
+        log_file = str(mount / "alpha.hlog")
+        with open(lab.config_path("alpha")) as fh:
+            text = fh.read()
+        with open(lab.config_path("alpha"), "w") as fh:
+            fh.write(text.replace(f'"{lab.log_path("alpha")}"', f'"{log_file}"'))
+        lab.start_daemons()
+        st = lab.wait_state("alpha", "Monitoring", 10)
+        assert st["eventlog_degraded"], st
+        lab.fault("carrier", "primary")
+        for node in ("alpha", "beta"):
+            lab.wait_state(node, "Alternate-Active", 10)
+            assert_identity_on(lab, node, 1)
+            wait_reachable(lab, node)
+        filler.unlink()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and lab.status("alpha")["eventlog_degraded"]:
+            time.sleep(0.1)
+        assert lab.status("alpha")["eventlog_degraded"] is None
+        lab.heal("primary")
+        lab.wait_state("alpha", "Monitoring", 15)
+        lab.stop_daemon("alpha")
+        # The gap is damage with its place, never a mismatch.
+        assert replay.main([log_file, "--verify"]) == replay.EXIT_DAMAGE
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
