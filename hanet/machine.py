@@ -359,7 +359,10 @@ TABLE: list[Row] = [
            (None, "g_move_may_retry", "e_reissue_move", "the move passed its deadline: issue it again"),
            (FAILING_OVER, "g_has_candidate", "e_begin_failover", "the move passed its last deadline: give it up for another path"),
            (ALL_PATHS_DOWN, None, "e_all_down", "the move passed its last deadline and no other path is usable: given up")),
-    *_rows("move_expired", NOT_MOVING, (None, None, None, "stale move deadline")),
+    *_rows("move_expired", ALL_PATHS_DOWN,
+           (FAILING_OVER, "g_has_candidate", "e_begin_failover", "a move given up earlier: try again on the best usable path"),
+           (None, None, None, "a move given up earlier: still nothing usable")),
+    *_rows("move_expired", (STARTING, MONITORING, SUSPECT, ALTERNATE_ACTIVE), (None, None, None, "stale move deadline")),
     *_rows("step_done", MOVING,
            (None, "g_configured", "e_arm_enable", "the alternate is configured: enable it once the delay is over"),
            (MONITORING, "g_move_done_on_primary", "e_finish_move", "sequence complete: the identity is on the primary"),
@@ -368,7 +371,8 @@ TABLE: list[Row] = [
     *_rows("step_done", NOT_MOVING, (None, None, None, "step done")),
     *_rows("step_failed", MOVING,
            (None, "g_failed_off_target", "e_continue_move", "clearing a NIC other than the target failed: go on with the target"),
-           (FAILING_OVER, "g_move_step_failed_with_candidate", "e_begin_failover", "a step failed: try the next usable path"),
+           (None, "g_move_may_retry", "e_retry_move", "a step failed: issue the move again"),
+           (FAILING_OVER, "g_move_step_failed_with_candidate", "e_begin_failover", "a step failed again: try the next usable path"),
            (ALL_PATHS_DOWN, "g_move_step_failed", "e_all_down", "a step failed and no other path is usable"),
            (None, None, None, "a step outside the move failed: noted")),
     *_rows("step_failed", NOT_MOVING, (None, None, None, "failure of a single step noted")),
@@ -1019,17 +1023,24 @@ class Rules:
         self._begin_move(mv.target, by=mv.by, attempt=mv.attempt + 1 if retry else mv.attempt,
                          skip=mv.skip, source=mv.source if retry else None)
 
+    def e_retry_move(self) -> None:
+        mv = self.move
+        self._begin_move(mv.target, by=mv.by, attempt=mv.attempt + 1, skip=mv.skip, source=mv.source)
+
     def e_continue_move(self) -> None:
         mv = self.move
         failed = self._awaited_path(self._event.action_id)
         self._begin_move(mv.target, by=mv.by, attempt=mv.attempt, skip=mv.skip + (failed,), source=mv.source)
 
     def e_all_down(self) -> None:
-        if self.move is not None:
-            self.active = None  # a move cut short: the identity may be on no NIC, or half installed
+        gave_up = self.move is not None
         self.move = None
         for name in (TIMER_FAILBACK, TIMER_ENABLE, TIMER_MOVE):
             self._cancel(name)
+        if gave_up:
+            self.active = None  # a move cut short: the identity may be on no NIC, or half installed
+            # Whatever made it fail may pass: try again later even if no path event comes.
+            self._start(TIMER_MOVE, self.now + self.params.move_timeout_ns)
 
     def e_arm_failback(self) -> None:
         if TIMER_FAILBACK not in self.timers:

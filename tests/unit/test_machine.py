@@ -153,13 +153,22 @@ def test_standby_failure_changes_nothing_and_both_down_is_all_paths_down():
     assert d.state == M.ALTERNATE_ACTIVE and d.kernel.holders() == [1]
 
 
-def test_failed_step_retargets_or_gives_all_paths_down():
-    d = Driver(fail_steps={(m.PlumbNic.type, 1)})  # the alternate's plumb fails
+def test_a_failed_step_is_retried_then_the_move_given_up_then_tried_again_later():
+    d = Driver(fail_steps={(m.PlumbNic.type, 1)})  # the alternate's plumb fails once
+    step = d.feed(m.LinkDown(t_ns=d.t, path=0))
+    assert step.dst == M.FAILING_OVER
+    assert d.state == M.ALTERNATE_ACTIVE and d.kernel.holders() == [1]  # issued again: it worked
+
+    d = Driver()
+    d.kernel.present[1] = False  # every step on the alternate fails (ENODEV), no event said so
     d.feed(m.LinkDown(t_ns=d.t, path=0))
-    assert d.state == M.ALL_PATHS_DOWN
-    d.feed(m.LinkUp(t_ns=d.t, path=0))
-    assert d.state == M.FAILING_OVER or d.state in M.STABLE
-    assert d.state == M.MONITORING and d.kernel.holders() == [0]
+    assert d.state == M.ALL_PATHS_DOWN and d.mach.active is None
+    attempts = [s for _, s in d.log if "issue the move again" in s.reason]
+    assert len(attempts) == M.MOVE_ATTEMPTS - 1
+    assert M.TIMER_MOVE in d.mach.timers  # given up, but not for good
+    d.kernel.present[1] = True
+    d.advance(6_000 * MS)
+    assert d.state == M.ALTERNATE_ACTIVE and d.kernel.holders() == [1]
 
 
 def test_operator_offline_refuses_last_path_unless_forced():
