@@ -67,8 +67,10 @@ def restore_machine(cfg: config_mod.Config) -> tuple[M.Machine, int, list[str], 
 
     records = (entry.record for entry in log_reader.read_file(cfg.eventlog.path, on_damage))
     folded = fold_records(records, on_error=on_error)
+    if folded.machine is None:
+        return M.Machine(params), folded.events, [], folded.last_wall
     changes = folded.configure(params)
-    return folded.machine(), folded.events, changes, folded.last_wall
+    return folded.machine, folded.events, changes, folded.last_wall
 
 
 class Timers:

@@ -1,10 +1,11 @@
-"""The one fold of an event log into a machine state, shared by start-up, replay and the tests.
+"""The one fold of an event log into a machine, shared by start-up, replay and the tests.
 
-Records are taken in order: a ``config`` record sets the parameters (a later one adapts the state
-to them, matching paths by name, exactly as a restart with that configuration does); a
-``snapshot`` is the state when nothing has been folded before it (the top of a rotated file);
-an ``event`` is stepped through the pure machine. Records of other kinds (transitions, gaps) are
-the fold's output or the writer's bookkeeping and change nothing.
+Records are taken in order: a ``config`` record sets the parameters (a later one adapts the
+machine to them, matching paths by name, exactly as a restart with that configuration does); a
+``snapshot`` is the state when no machine exists yet (the top of a rotated file, or after a gap);
+an ``event`` is stepped through the machine, which is built from the parameters at the first one.
+Records of other kinds (transitions, gaps) are the fold's output or the writer's bookkeeping and
+change nothing here.
 """
 from __future__ import annotations
 
@@ -17,41 +18,50 @@ from . import model as m
 
 @dataclass
 class LogFold:
-    """The running fold of one node's log."""
-    params: M.Params | None = None
-    state: M.State | None = None
+    """The running fold of one node's log.
+
+    ``factory`` builds machines: ``from_params(params)``, ``from_snapshot(params, snap)``, and
+    machines with ``step(event)`` and ``reconfigure(params)`` (default: ``machine.Machine``).
+    """
+    factory: Any = M.Machine
+    on_change: Callable[[str], None] | None = None
+    params: Any = None                  # the parameters of the last config record
+    machine: Any = None
     events: int = 0                     # events folded
     last_wall: int | None = None        # wall time of the last record (ns)
     changes: list[str] = field(default_factory=list)  # path-list changes met along the way
-    on_change: Callable[[str], None] | None = None
 
-    def feed(self, rec: dict[str, Any]) -> M.Step | None:
-        """Fold one record; returns the step of an event record (None for any other kind).
+    def feed(self, rec: dict[str, Any]) -> Any:
+        """Fold one record; returns the step of an event record (None for any other kind, and
+        for an event met before any configuration).
 
-        Raises ValueError or TypeError for a record that cannot be folded (a config, snapshot or
-        event of the wrong shape): the caller reports it and goes on with the next.
+        Raises ValueError, TypeError, KeyError or AttributeError for a config or snapshot no
+        machine can be built from, or an event of the wrong shape: the caller reports it.
         """
         kind = rec.get("k")
         if isinstance(rec.get("wall"), int):
             self.last_wall = rec["wall"]
         if kind == "config":
-            self.configure(M.Params.from_dict(_mapping(rec.get("cfg"))))
-        elif kind == "snapshot" and self.params is not None and self.events == 0:
-            self.state = M.State.from_dict(_mapping(rec.get("s")), self.params)
-        elif kind == "event" and self.params is not None:
-            event = m.event_from_dict(_mapping(rec.get("e")))
-            step = M.step(self.params, self.state, event)
-            self.state = step.state
+            self.configure(_mapping(rec.get("cfg")))
+        elif kind == "snapshot" and self.machine is None and self.params is not None:
+            self.machine = self.factory.from_snapshot(self.params, _mapping(rec.get("s")))
+        elif kind == "event":
+            if self.machine is None and self.params is not None:
+                self.machine = self.factory.from_params(self.params)
+            if self.machine is None:
+                return None
+            step = self.machine.step(m.event_from_dict(_mapping(rec.get("e"))))
             self.events += 1
             return step
         return None
 
-    def configure(self, params: M.Params) -> list[str]:
+    def configure(self, params: Any) -> list[str]:
         """Apply new parameters, as a config record or a start with a new configuration does."""
-        if self.state is None:
-            self.params, self.state = params, M.initial_state(params)
+        if self.machine is None:
+            self.factory.from_params(params)  # fails here, not at the first event, if unusable
+            self.params = params
             return []
-        self.state, changes = M.adapt(self.state, self.params, params)
+        changes = self.machine.reconfigure(params) or []
         self.params = params
         for change in changes:
             self.changes.append(change)
@@ -59,8 +69,9 @@ class LogFold:
                 self.on_change(change)
         return changes
 
-    def machine(self) -> M.Machine:
-        return M.Machine(self.params, self.state)
+    def forget(self) -> None:
+        """Records may be missing from here on (damage, a gap): only a snapshot restarts the fold."""
+        self.machine = None
 
 
 def _mapping(value: Any) -> dict[str, Any]:
@@ -70,13 +81,13 @@ def _mapping(value: Any) -> dict[str, Any]:
 
 
 def fold_records(records: Iterable[dict[str, Any]], on_error: Callable[[dict, Exception], None] | None = None,
-                 on_change: Callable[[str], None] | None = None) -> LogFold:
+                 factory: Any = M.Machine) -> LogFold:
     """Fold every record; one that cannot be folded is passed to ``on_error`` and skipped."""
-    fold = LogFold(on_change=on_change)
+    fold = LogFold(factory=factory)
     for rec in records:
         try:
             fold.feed(rec)
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
             if on_error is None:
                 raise
             on_error(rec, exc)

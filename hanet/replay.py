@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, TextIO
 
 from . import machine, model
+from .fold import LogFold
 from .eventlog import Damage, Entry, open_logs, rotated_set
 from .eventlog.reader import OnDamage
 from .machine import ALTERNATE_ACTIVE, FAILING_BACK, FAILING_OVER, MONITORING, SUSPECT
@@ -144,15 +145,15 @@ class VerifyResult:
 
 @dataclass
 class _NodeFold:
-    machine: Any = None
-    params: dict[str, Any] | None = None
+    fold: LogFold
     #: cause record number -> (event entry, step) for events folded since the last transition check
     pending: dict[int, tuple[Entry, Any]] = field(default_factory=dict)
     #: Records may be missing (damage, a gap): only a snapshot can restart the fold.
     broken: bool = False
 
     def forget(self) -> None:
-        self.machine, self.broken = None, True
+        self.fold.forget()
+        self.broken = True
         self.pending.clear()
 
 
@@ -202,7 +203,8 @@ def verify(entries: Iterable[Entry], machine_factory: Any = None,
                 if found.node in nodes:
                     nodes[found.node].forget()
             seen = len(damage_log)
-        fold = nodes.setdefault(entry.record["node"], _NodeFold())
+        node = entry.record["node"]
+        fold = nodes.get(node) or nodes.setdefault(node, _NodeFold(LogFold(factory=machine_factory)))
         try:
             mismatch = _verify_record(fold, entry, machine_factory, result)
         except _Unusable as exc:
@@ -232,42 +234,36 @@ def _settle(fold: _NodeFold, result: VerifyResult, why: str) -> None:
 
 def _verify_record(fold: _NodeFold, entry: Entry, machine_factory: Any,
                    result: VerifyResult) -> Mismatch | None:
+    """Fold one record with the shared fold (hanet.fold) and check transitions against it."""
     rec = entry.record
     kind = rec["k"]
     if kind == "config":
         _settle(fold, result, "was not recorded before the daemon restarted")
-        params = rec.get("cfg") or {}
         try:
-            machine_factory.from_params(params)
+            fold.fold.feed(rec)
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
             raise _Unusable(f"config the machine cannot use: {type(exc).__name__}: {exc}") from exc
-        fold.params = params
-        # The machine is built at the first event, so that a snapshot right after this record
-        # (the top of a rotated file) can set its state first.
-        if fold.machine is not None:
-            fold.machine.reconfigure(fold.params)
     elif kind == "gap":
         result.gaps += 1
         fold.forget()
     elif kind == "snapshot":
-        if fold.machine is None and fold.params is not None:
-            try:
-                fold.machine = machine_factory.from_snapshot(fold.params, rec.get("s") or {})
-                fold.broken = False
-            except (TypeError, ValueError, KeyError, AttributeError) as exc:
-                raise _Unusable(f"snapshot the machine cannot use: {type(exc).__name__}: {exc}") from exc
+        had = fold.fold.machine
+        try:
+            fold.fold.feed(rec)
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise _Unusable(f"snapshot the machine cannot use: {type(exc).__name__}: {exc}") from exc
+        if had is None and fold.fold.machine is not None:
+            fold.broken = False
     elif kind == "event":
         for event_entry, step in fold.pending.values():
             if step.changed:
                 return Mismatch(event_entry, f"replay made transition {_describe_step(step)} "
                                              f"that the log does not record")
         fold.pending.clear()
-        if fold.machine is None and fold.params is not None and not fold.broken:
-            fold.machine = machine_factory.from_params(fold.params)
-        if fold.machine is None:
+        if fold.broken or fold.fold.params is None:
             result.unverified += 1
             return None
-        step = fold.machine.step(model.event_from_dict(rec.get("e") or {}))
+        step = fold.fold.feed(rec)
         result.events += 1
         fold.pending[rec["n"]] = (entry, step)
     elif kind == "transition":

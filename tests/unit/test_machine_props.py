@@ -117,7 +117,6 @@ class OneNode(RuleBasedStateMachine):
         # Replay: the shared fold reproduces every recorded step from the inputs alone.
         fold = LogFold()
         fold.configure(self.d.mach.params)
-        fold.state = M.initial_state(self.d.mach.params)
         for ev, step in self.d.log:
             assert fold.feed({"k": "event", "e": m.to_dict(ev)}) == step
 
