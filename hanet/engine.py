@@ -158,6 +158,7 @@ class Engine:
         self._flags: set[str] = set()
         self._readers: list[int] = []
         self._handling = False
+        self._changes_recorded = False
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self) -> int:
@@ -230,13 +231,21 @@ class Engine:
             return
         try:
             self.writer = Writer.from_config(self.cfg.eventlog, self.cfg.node_id,
-                                             params=lambda: self.machine.params.to_dict(),
+                                             params=self._params_record,
                                              snapshot=self.machine.snapshot, on_health=self._log_health)
         except OSError as exc:  # not even a directory for it: act without a log
             self.log_error = f"cannot open {self.cfg.eventlog.path}: {exc.strerror}"
             log.error("eventlog unavailable path=%s error=%s: acting without a record",
                       self.cfg.eventlog.path, exc.strerror)
             self._stop_if_log_required()
+
+    def _params_record(self) -> dict[str, Any]:
+        """The body of a config record; the first of a run says what changed in the path list."""
+        body = self.machine.params.to_dict()
+        if self.config_changes and not self._changes_recorded:
+            body["changes"] = list(self.config_changes)
+            self._changes_recorded = True
+        return body
 
     async def _start_services(self) -> None:
         from .control import ControlServer

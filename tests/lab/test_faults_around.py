@@ -157,3 +157,26 @@ def test_a_full_disk_under_the_log_never_stops_a_failover(make_lab, tmp_path):
         assert replay.main([log_file, "--verify"]) == replay.EXIT_DAMAGE
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_path_renamed_between_runs_starts_cleanly_with_a_record(make_lab):
+    """The configuration changed while the daemon was down (a path removed, one added): the
+    restart adapts the folded state by path name, says what changed, and never crash-loops."""
+    from hanet.eventlog import reader
+
+    lab = make_lab()
+    lab.wait_state("alpha", "Monitoring", 10, all_paths_up=True)
+    lab.stop_daemon("alpha")
+    with open(lab.config_path("alpha")) as fh:
+        text = fh.read()
+    with open(lab.config_path("alpha"), "w") as fh:
+        fh.write(text.replace('name = "alternate"', 'name = "backup"'))
+    lab.start_daemon("alpha")
+    st = lab.wait_state("alpha", "Monitoring", 10, all_paths_up=True)
+    assert st["config_changes"] == ["path 'backup' added", "path 'alternate' removed"], st["config_changes"]
+    configs = [e.record["cfg"] for e in reader.read_file(lab.log_path("alpha"), lambda d: None)
+               if e.record["k"] == "config"]
+    assert configs[-1]["paths"] == ["primary", "backup"]
+    assert configs[-1]["changes"] == st["config_changes"]
+    assert_identity_on(lab, "alpha", 0)
+    wait_reachable(lab, "alpha")
