@@ -180,3 +180,29 @@ def test_a_path_renamed_between_runs_starts_cleanly_with_a_record(make_lab):
     assert configs[-1]["changes"] == st["config_changes"]
     assert_identity_on(lab, "alpha", 0)
     wait_reachable(lab, "alpha")
+
+
+def test_asymmetric_damping_still_ends_on_one_cable(make_lab):
+    """alpha damps a flapping primary, beta (damping off) does not: beta fails back and tells
+    alpha, which follows onto a path it hears, damped or not. Both end on the same cable."""
+    lab = make_lab(start=False, overrides={"failback": {"hold_down_ms": 300.0}})
+    with open(lab.config_path("beta"), "a") as fh:
+        fh.write("\n[damping]\nenabled = false\n")
+    with open(lab.config_path("alpha"), "a") as fh:
+        fh.write("\n[damping]\npenalty = 1000.0\nsuppress = 1500.0\nreuse = 900.0\nhalf_life_ms = 60000.0\n")
+    lab.start_daemons()
+    for node in ("alpha", "beta"):
+        lab.wait_state(node, "Monitoring", 10, all_paths_up=True)
+    for _ in range(3):
+        lab.fault("carrier", "primary")
+        lab.wait_state("alpha", "Alternate-Active", 10)
+        time.sleep(0.1)
+        lab.heal("primary")
+        time.sleep(0.3)
+    assert lab.status("alpha")["paths"][0]["damped"]
+    for node in ("alpha", "beta"):
+        lab.wait_state(node, "Monitoring", 15)
+    assert lab.status("alpha")["paths"][0]["damped"]  # it followed; it did not decide
+    for node in ("alpha", "beta"):
+        assert_identity_on(lab, node, 0)
+        wait_reachable(lab, node)
