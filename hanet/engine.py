@@ -36,6 +36,9 @@ RECENT_TRANSITIONS = 20
 #: Fault injection for crash-consistency tests: HANET_CRASH_AFTER=<action type> makes the daemon
 #: exit at once, without cleanup, right after carrying out the first action of that type in a move.
 CRASH_ENV = "HANET_CRASH_AFTER"
+#: HANET_FAIL_STEP=<action type> makes the first action of that type in a move fail (EIO) without
+#: reaching the kernel, as a kernel step that fails would.
+FAIL_ENV = "HANET_FAIL_STEP"
 CRASH_EXIT = 137
 STATS_PERIOD_S = 1.0
 
@@ -127,6 +130,7 @@ class Engine:
         self.cfg = cfg
         self.dry_run = dry_run
         self.crash_after = os.environ.get(CRASH_ENV, "")
+        self.fail_step = os.environ.get(FAIL_ENV, "")
         self.netlink = NetlinkThread()
         if prober is None:
             # Dry runs write nothing, this file included; their frames start at the wall clock.
@@ -409,6 +413,11 @@ class Engine:
         def run() -> list[m.Event]:
             outcomes = []
             for act in batch:
+                if act.type == self.fail_step and self.machine.state in M.MOVING:
+                    self.fail_step = ""  # fault injection: this step fails once
+                    outcomes.append(m.ActionFailed(time.monotonic_ns(), action_id=act.id, kind=act.type,
+                                                   error="EIO (injected)"))
+                    break
                 outcomes.append(self.netops.execute(act))
                 if act.type == self.crash_after and self.machine.state in M.MOVING:
                     os._exit(CRASH_EXIT)  # fault injection: die like kill -9, right after this step

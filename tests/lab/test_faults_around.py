@@ -206,3 +206,27 @@ def test_asymmetric_damping_still_ends_on_one_cable(make_lab):
     for node in ("alpha", "beta"):
         assert_identity_on(lab, node, 0)
         wait_reachable(lab, node)
+
+
+@pytest.mark.parametrize("step", ["nic.disable", "nic.plumb", "nic.configure", "nic.enable"])
+def test_a_step_that_fails_mid_move_is_retried_and_bookkeeping_still_runs(make_lab, step):
+    lab = make_lab(start=False)
+    lab.start_daemon("alpha", env={"HANET_FAIL_STEP": step})
+    lab.start_daemon("beta")
+    for node in ("alpha", "beta"):
+        lab.wait_state(node, "Monitoring", 10, all_paths_up=True)
+    lab.fault("carrier", "primary")
+    for node in ("alpha", "beta"):
+        lab.wait_state(node, "Alternate-Active", 10)
+        assert_identity_on(lab, node, 1)
+        wait_reachable(lab, node)
+    from hanet.eventlog import reader
+    reasons = [e.record["tr"]["reason"] for e in reader.read_file(lab.log_path("alpha"), lambda d: None)
+               if e.record["k"] == "transition"]
+    assert "a step failed: issue the move again" in reasons or step == "nic.disable", reasons
+    assert any("failed" in r for r in reasons), reasons
+    # The primary's monitoring was resumed despite the failed step: the failback comes.
+    lab.heal("primary")
+    for node in ("alpha", "beta"):
+        lab.wait_state(node, "Monitoring", 15)
+        assert_identity_on(lab, node, 0)
