@@ -58,6 +58,8 @@ class Damage:
             return f"{where}: gap (n={self.gap_n}): {what} ({self.reason})"
         if self.torn:
             return f"{where}: torn tail ({self.reason}), {self.skipped} bytes"
+        if not self.skipped:  # found in an intact record by a later check (replay --verify)
+            return f"{where}: corrupt record ({self.reason})"
         return f"{where}: corrupt record ({self.reason}), skipped {self.skipped} bytes"
 
 

@@ -453,3 +453,18 @@ def test_a_gap_is_damage_with_its_place_never_a_mismatch(tmp_path, capsys, toy_m
 
 def entries_of_with_damage(*paths):
     return list(open_logs(paths, lambda damage: None))
+
+
+def test_a_flipped_byte_before_a_transition_is_damage_not_a_mismatch(tmp_path, capsys, toy_machine):
+    path = record(str(tmp_path / "events.hlog"), "alpha", failover_events())
+    lost = next(e for e in entries_of(path) if e.record["k"] == "event"
+                and e.record["e"]["type"] == "heartbeat.lost")
+    with open(path, "r+b") as fh:  # the event that caused the failover is unreadable now
+        fh.seek(lost.offset + framing.HEADER_SIZE + 3)
+        byte = fh.read(1)
+        fh.seek(-1, os.SEEK_CUR)
+        fh.write(bytes([byte[0] ^ 0x10]))
+    assert replay.main(["--verify", path]) == replay.EXIT_DAMAGE
+    out, err = capsys.readouterr()
+    assert f"@ offset {lost.offset}: corrupt record (crc mismatch)" in err
+    assert "verify: ok" in out and "records unverifiable" in out
