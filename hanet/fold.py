@@ -4,8 +4,8 @@ Records are taken in order: a ``config`` record sets the parameters (a later one
 machine to them, matching paths by name, exactly as a restart with that configuration does); a
 ``snapshot`` is the state when no machine exists yet (the top of a rotated file, or after a gap);
 an ``event`` is stepped through the machine, which is built from the parameters at the first one.
-Records of other kinds (transitions, gaps) are the fold's output or the writer's bookkeeping and
-change nothing here.
+A ``gap`` (records the writer could not write) drops the machine: the snapshot written after it
+restarts the fold. Transitions are the fold's output and change nothing here.
 """
 from __future__ import annotations
 
@@ -43,6 +43,8 @@ class LogFold:
             self.last_wall = rec["wall"]
         if kind == "config":
             self.configure(_mapping(rec.get("cfg")))
+        elif kind == "gap":
+            self.forget()  # records may be missing: the snapshot the writer put after it restarts the fold
         elif kind == "snapshot" and self.machine is None and self.params is not None:
             self.machine = self.factory.from_snapshot(self.params, _mapping(rec.get("s")))
         elif kind == "event":
