@@ -30,7 +30,7 @@ CACHE = pathlib.Path("/var/tmp/hanet-systemd-cache")
 SUITE = "bookworm"
 # What the containers have before hanet's package is installed: systemd, and hanet's dependencies
 # from Debian, so each boot only installs the .deb itself; nftables and ping drive the faults.
-ROOT_PACKAGES = ("systemd", "dbus", "python3", "iproute2", "nftables", "iputils-ping", "libssl3",
+ROOT_PACKAGES = ("systemd", "dbus", "python3", "iproute2", "nftables", "iputils-ping", "libssl3", "procps",
                  "python3-transitions", "python3-pyroute2", "python3-msgpack", "python3-sdnotify",
                  "python3-prometheus-client")
 CGROUP_HIERARCHIES = ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified", "/sys/fs/cgroup")
