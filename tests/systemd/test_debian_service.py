@@ -189,7 +189,8 @@ def test_status_text_and_hanet_status_agree(nodes):
         while [p["health"] for p in st["paths"]] != ["up", "up"] and time.monotonic() < deadline:
             time.sleep(0.2)
             st = node.status()
-        assert [p["health"] for p in st["paths"]] == ["up", "up"], st["paths"]
+        assert [p["health"] for p in st["paths"]] == ["up", "up"], (
+            json.dumps(st["paths"], indent=1) + "\n" + "\n".join(node.journal()[-30:]))
         assert all(p["answered"] > 0 for p in st["paths"])
 
 
