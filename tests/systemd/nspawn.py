@@ -71,8 +71,10 @@ def cached_root() -> pathlib.Path:
     with _locked(root.name):
         if (root / "usr/lib/systemd/systemd").exists():
             return root
+        for old in CACHE.glob(f"root-{SUITE}-*"):  # built for another package list
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
         partial = root.with_name(root.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
         run("mmdebstrap", "--quiet", "--variant=minbase", f"--include={','.join(ROOT_PACKAGES)}",
             # The container's name is its hostname; no cached machine identity either.
             "--customize-hook=rm -f \"$1/etc/hostname\"; : > \"$1/etc/machine-id\"",
