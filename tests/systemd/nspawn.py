@@ -83,13 +83,18 @@ def cached_root() -> pathlib.Path:
         return root
 
 
-def _dpkg_version(package: str) -> str:
-    return run("dpkg-query", "-W", "-f=${Version}", package).stdout.strip()
+def _systemd_version() -> str:
+    """The host's systemd library version if it has one (then nspawn matches it), else apt's."""
+    installed = run("dpkg-query", "-W", "-f=${Version}", "libsystemd-shared", check=False)
+    if installed.returncode == 0 and installed.stdout.strip():
+        return installed.stdout.strip()
+    shown = run("apt-cache", "show", "--no-all-versions", "systemd-container").stdout
+    return next(line.split(":", 1)[1].strip() for line in shown.splitlines() if line.startswith("Version:"))
 
 
 def nspawn_command() -> tuple[list[str], dict[str, str]]:
     """Debian's systemd-nspawn of the host's systemd version, unpacked into the cache."""
-    version = _dpkg_version("libsystemd-shared")
+    version = _systemd_version()
     folder = CACHE / f"nspawn-{version}"
     binary = folder / "usr/bin/systemd-nspawn"
     with _locked(folder.name):
@@ -98,11 +103,11 @@ def nspawn_command() -> tuple[list[str], dict[str, str]]:
             shutil.rmtree(partial, ignore_errors=True)
             (partial / "debs").mkdir(parents=True)
             pkgs = [f"systemd-container={version}", f"libsystemd-shared={version}"]
-            if run("apt-get", "download", *pkgs, check=False).returncode != 0:
+            # apt-get download writes into its working directory; with stale lists, update once.
+            download = ["apt-get", "download", *pkgs]
+            if subprocess.run(download, cwd=partial / "debs", capture_output=True, timeout=300).returncode != 0:
                 run("apt-get", "update", "-qq", timeout=300)
-            # apt-get download writes into its working directory.
-            subprocess.run(["apt-get", "download", *pkgs], cwd=partial / "debs", check=True,
-                           capture_output=True, timeout=300)
+                subprocess.run(download, cwd=partial / "debs", check=True, capture_output=True, timeout=300)
             for deb in (partial / "debs").glob("*.deb"):
                 run("dpkg-deb", "-x", str(deb), str(partial))
             partial.rename(folder)
