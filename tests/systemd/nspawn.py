@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import os
 import pathlib
+import re
 import secrets
 import shutil
 import signal
@@ -277,8 +278,29 @@ class Container:
             shutil.rmtree(PROPAGATE / self.name, ignore_errors=True)
 
 
+NAME_RE = re.compile(r"^hanet-(\d+)-[0-9a-f]+-\w+$")
+
+
+def container_name(node: str, token: str) -> str:
+    """``hanet-<pid of this process>-<token>-<node>``: unique per run, and says whose it is."""
+    return f"hanet-{os.getpid()}-{token}-{node}"
+
+
 def unique_token() -> str:
     return secrets.token_hex(3)
+
+
+def sweep_stale() -> list[str]:
+    """Remove containers left by test processes that no longer exist (killed before cleaning up)."""
+    removed = []
+    for hierarchy in {p.parent for p in _cgroup_dirs("x")}:
+        for cg in hierarchy.glob("hanet-*"):
+            m = NAME_RE.match(cg.name)
+            if m and cg.is_dir() and not os.path.exists(f"/proc/{m.group(1)}"):
+                Container(cg.name, pathlib.Path("/"), pathlib.Path("/"), pathlib.Path("/"),
+                          cgroups=[cg]).shutdown()
+                removed.append(cg.name)
+    return removed
 
 
 def cable(a: Container, if_a: str, b: Container, if_b: str) -> None:

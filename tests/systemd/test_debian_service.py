@@ -100,8 +100,10 @@ def nodes(tmp_path_factory):
     """Two booted containers, cabled, with hanet installed, configured and started."""
     workdir = tmp_path_factory.mktemp("systemd")
     root, deb = nspawn.cached_root(), nspawn.hanet_deb()
+    nspawn.sweep_stale()
     token = nspawn.unique_token()
-    boxes = {name: nspawn.Container(f"hanet-{token}-{name}", root, deb.parent, workdir) for name in PLANS}
+    boxes = {name: nspawn.Container(nspawn.container_name(name, token), root, deb.parent, workdir)
+             for name in PLANS}
     facts: dict[str, dict] = {}
     try:
         for box in boxes.values():
