@@ -188,3 +188,21 @@ def test_any_file_the_decoder_cannot_take_is_a_config_error(tmp_path, nested):
                           capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"{path}: (syntax):" in proc.stderr
+
+
+WRONG_VALUES = ("[]", "{}", '"x"', "-1", "true", "[1, {}]", '{ a = 1 }')
+
+
+@pytest.mark.parametrize("wrong", WRONG_VALUES)
+def test_any_wrong_value_anywhere_is_reported_not_crashed_on(keyfile, wrong):
+    """Reading on past a bad key must never trip over the value it fell back to."""
+    lines = example(keyfile).splitlines()
+    assignments = [i for i, line in enumerate(lines) if re.match(r"^\s*[a-z_0-9]+\s*=", line)]
+    assert len(assignments) > 40
+    for i in assignments:
+        key = lines[i].split("=")[0].strip()
+        mutated = lines[:i] + [f"{key} = {wrong}"] + lines[i + 1:]
+        try:
+            config.parse("\n".join(mutated), file="m.toml", interface_exists=lambda name: True)
+        except config.ConfigError as exc:
+            assert exc.problems and all(p.file == "m.toml" and p.key and p.reason for p in exc.problems)
