@@ -209,6 +209,7 @@ class _Section:
         return f"{self.prefix}.{name}" if self.prefix else name
 
     def fail(self, name: str, reason: str) -> ConfigError:
+        """The error for key ``name``, for a check that cannot read on past it (``raise`` it)."""
         return ConfigError(self.file, self.key(name), reason)
 
     def report(self, name: str, reason: str) -> None:
