@@ -219,7 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except config_mod.ConfigError as exc:
-        print(f"hanet: config error: {exc}", file=sys.stderr)
+        for problem in exc.problems:  # every mistake in the file, one a line
+            print(f"hanet: config error: {problem}", file=sys.stderr)
+        if len(exc.problems) > 1:
+            print(f"hanet: {len(exc.problems)} problems in {exc.file}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return EXIT_FAIL

@@ -1,10 +1,12 @@
 """TOML configuration -> frozen dataclasses.
 
-Every error names the file, the key path and the reason (``ConfigError``), and is raised before
-anything touches an interface. The CLI turns it into exit status 2.
+Every error names the file, the key path and the reason. Parsing goes on past a bad key, so one
+``ConfigError`` reports every problem in the file at once, before anything touches an interface.
+The CLI turns it into exit status 2.
 """
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import grp
 import ipaddress
@@ -27,12 +29,43 @@ MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 IFNAME_RE = re.compile(r"^[^\s/:]{1,15}$")
 
 
-class ConfigError(Exception):
-    """A bad configuration: ``file``, dotted ``key`` path and ``reason``."""
+@dataclass(frozen=True)
+class Problem:
+    """One mistake in a configuration file."""
+    file: str
+    key: str
+    reason: str
 
-    def __init__(self, file: str, key: str, reason: str):
+    def __str__(self) -> str:
+        return f"{self.file}: {self.key}: {self.reason}"
+
+
+class ConfigError(Exception):
+    """A bad configuration: every ``Problem`` found; ``file``, ``key``, ``reason`` are the first's."""
+
+    def __init__(self, file: str, key: str, reason: str, *more: Problem):
+        self.problems: tuple[Problem, ...] = (Problem(file, key, reason), *more)
         self.file, self.key, self.reason = file, key, reason
-        super().__init__(f"{file}: {key}: {reason}")
+        super().__init__("; ".join(str(p) for p in self.problems))
+
+    @classmethod
+    def of(cls, problems: list[Problem]) -> "ConfigError":
+        first, *more = problems
+        return cls(first.file, first.key, first.reason, *more)
+
+
+#: The problems found so far by the ``parse`` in progress: set for its duration, so every section
+#: and check reports into one list and parsing goes on past a bad key. Outside a parse, a problem
+#: raises at once.
+_collecting: contextvars.ContextVar[list[Problem] | None] = contextvars.ContextVar("hanet_config_problems", default=None)
+
+
+def _report(file: str, key: str, reason: str) -> None:
+    """Record a problem in the parse in progress, or raise it when there is none."""
+    problems = _collecting.get()
+    if problems is None:
+        raise ConfigError(file, key, reason)
+    problems.append(Problem(file, key, reason))
 
 
 @dataclass(frozen=True)
@@ -169,37 +202,53 @@ class Config:
 
 # --------------------------------------------------------------------------- validation
 class _Section:
-    """Reads typed keys from one TOML table and rejects keys it was never asked for."""
+    """Reads typed keys from one TOML table and rejects keys it was never asked for.
+
+    A bad key is reported (``_report``) and read as its default, or None when it has none, so the
+    rest of the file is still checked. ``table=None`` is a table already reported as missing or
+    wrong: its keys read as defaults and report nothing more.
+    """
 
     def __init__(self, file: str, prefix: str, table: Any):
         self.file, self.prefix = file, prefix
-        if not isinstance(table, dict):
-            raise ConfigError(file, prefix, f"must be a table, not {type(table).__name__}")
-        self.table = table
+        self.quiet = table is None
+        if not self.quiet and not isinstance(table, dict):
+            _report(file, prefix, f"must be a table, not {type(table).__name__}")
+            self.quiet = True
+        self.table = table if not self.quiet else {}
         self.seen: set[str] = set()
 
     def key(self, name: str) -> str:
         return f"{self.prefix}.{name}" if self.prefix else name
 
     def fail(self, name: str, reason: str) -> ConfigError:
+        """The error for key ``name``, for a check that cannot read on past it (``raise`` it)."""
         return ConfigError(self.file, self.key(name), reason)
 
+    def report(self, name: str, reason: str) -> None:
+        if not self.quiet:
+            _report(self.file, self.key(name), reason)
+
     def get(self, name: str, kind: type | tuple, default: Any = ..., check: Callable | None = None):
+        """The value of key ``name``; on a problem, reported, ``default`` (None if required)."""
         self.seen.add(name)
+        fallback = None if default is ... else default
         if name not in self.table:
             if default is ...:
-                raise self.fail(name, "is required")
-            return default
+                self.report(name, "is required")
+            return fallback
         value = self.table[name]
         kinds = kind if isinstance(kind, tuple) else (kind,)
         # bool is an int in Python; a config that says `multiplier = true` is still wrong.
         if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
             names = " or ".join(k.__name__ for k in kinds)
-            raise self.fail(name, f"must be {names}, not {type(value).__name__} ({value!r})")
+            self.report(name, f"must be {names}, not {type(value).__name__} ({_short(value)})")
+            return fallback
         if check is not None:
             reason = check(value)
             if reason:
-                raise self.fail(name, reason)
+                self.report(name, reason)
+                return fallback
         return value
 
     def number(self, name: str, default: Any, lo: float, hi: float, integer: bool = False):
@@ -209,7 +258,13 @@ class _Section:
     def done(self) -> None:
         for name in self.table:
             if name not in self.seen:
-                raise self.fail(name, "unknown key")
+                self.report(name, "unknown key")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """repr() cut short: a wrong value may be a whole nested table."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _range(value: float, lo: float, hi: float) -> str:
@@ -257,14 +312,14 @@ def _any_ip_interface(value: str) -> str:
 
 
 def _ip_list(sec: _Section, name: str, check: Callable[[str], str]) -> tuple[str, ...]:
-    items = sec.get(name, list, [])
-    for i, item in enumerate(items):
-        if not isinstance(item, str):
-            raise sec.fail(f"{name}[{i}]", f"must be str, not {type(item).__name__}")
-        reason = check(item)
+    good = []
+    for i, item in enumerate(sec.get(name, list, [])):
+        reason = check(item) if isinstance(item, str) else f"must be str, not {type(item).__name__}"
         if reason:
-            raise sec.fail(f"{name}[{i}]", reason)
-    return tuple(items)
+            sec.report(f"{name}[{i}]", reason)
+        else:
+            good.append(item)
+    return tuple(good)
 
 
 def _reply_timeout(hb: _Section) -> float:
@@ -315,29 +370,56 @@ def _names(sec: _Section, name: str, lookup: Callable[[str], Any], what: str) ->
     return tuple(items)
 
 
-def parse(text: str, file: str = "<config>", base_dir: str = ".",
-          interface_exists: Callable[[str], bool] | None = None) -> Config:
-    """Parse and validate TOML ``text``. ``interface_exists`` checks each path's NIC if given."""
+def _toml(text: str, file: str) -> dict:
+    """The TOML document; every way the decoder can fail is a ConfigError."""
     try:
-        doc = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(file, "(syntax)", str(exc)) from None
+    except RecursionError:
+        # tomllib descends once per nested array or inline table.
+        raise ConfigError(file, "(syntax)", "arrays or inline tables nested too deeply") from None
+    except (ValueError, MemoryError) as exc:  # e.g. an integer past Python's digit limit
+        raise ConfigError(file, "(syntax)", f"cannot decode: {exc}") from None
+
+
+def parse(text: str, file: str = "<config>", base_dir: str = ".",
+          interface_exists: Callable[[str], bool] | None = None) -> Config:
+    """Parse and validate TOML ``text``; one ConfigError names every problem found.
+
+    ``interface_exists`` checks each path's NIC if given.
+    """
+    doc = _toml(text, file)
+    problems: list[Problem] = []
+    token = _collecting.set(problems)
+    try:
+        cfg = _parse(doc, file, base_dir, interface_exists)
+    except ConfigError as exc:  # a check that cannot go on raises; what came before still counts
+        problems.extend(exc.problems)
+    finally:
+        _collecting.reset(token)
+    if problems:
+        raise ConfigError.of(problems)
+    return cfg
+
+
+def _parse(doc: dict, file: str, base_dir: str, interface_exists: Callable[[str], bool] | None) -> Config:
     top = _Section(file, "", doc)
 
     node = _Section(file, "node", top.get("node", dict))
     node_id = node.get("id", str, check=_node_id)
     peer_id = node.get("peer", str, check=_node_id)
     node.done()
-    if peer_id == node_id:
-        raise ConfigError(file, "node.peer", "must differ from node.id")
+    if peer_id is not None and peer_id == node_id:
+        _report(file, "node.peer", "must differ from node.id")
 
     raw_paths = top.get("path", list)
-    if len(raw_paths) < 2:
-        raise ConfigError(file, "path", f"needs at least 2 paths (primary first), found {len(raw_paths)}")
-    if len(raw_paths) > 8:
-        raise ConfigError(file, "path", "at most 8 paths are supported")
+    if raw_paths is not None and len(raw_paths) < 2:
+        _report(file, "path", f"needs at least 2 paths (primary first), found {len(raw_paths)}")
+    if raw_paths is not None and len(raw_paths) > 8:
+        _report(file, "path", "at most 8 paths are supported")
     paths = []
-    for i, raw in enumerate(raw_paths):
+    for i, raw in enumerate(raw_paths or []):
         sec = _Section(file, f"path[{i}]", raw)
         paths.append(PathConfig(
             name=sec.get("name", str, f"path{i}", check=lambda v: "" if v else "must not be empty"),
@@ -348,12 +430,12 @@ def parse(text: str, file: str = "<config>", base_dir: str = ".",
     for field_name in ("name", "interface"):
         values = [getattr(p, field_name) for p in paths]
         for i, v in enumerate(values):
-            if values.index(v) != i:
-                raise ConfigError(file, f"path[{i}].{field_name}", f"{v!r} is used by path[{values.index(v)}] too")
+            if v is not None and values.index(v) != i:
+                _report(file, f"path[{i}].{field_name}", f"{v!r} is used by path[{values.index(v)}] too")
     if interface_exists is not None:
         for i, p in enumerate(paths):
-            if not interface_exists(p.interface):
-                raise ConfigError(file, f"path[{i}].interface", f"no interface named {p.interface!r} here")
+            if p.interface is not None and not interface_exists(p.interface):
+                _report(file, f"path[{i}].interface", f"no interface named {p.interface!r} here")
 
     hb = _Section(file, "heartbeat", top.get("heartbeat", dict, {}))
     d = HeartbeatConfig()
@@ -368,11 +450,14 @@ def parse(text: str, file: str = "<config>", base_dir: str = ".",
     )
     hb.done()
     if heartbeat.reply_timeout_ms > heartbeat.interval_ms:
-        raise ConfigError(file, "heartbeat.reply_timeout_ms",
-                          f"{heartbeat.reply_timeout_ms} ms is longer than interval_ms ({heartbeat.interval_ms} ms)")
+        _report(file, "heartbeat.reply_timeout_ms",
+                f"{heartbeat.reply_timeout_ms} ms is longer than interval_ms ({heartbeat.interval_ms} ms)")
     if heartbeat.ethertype in (0x0800, 0x0806, 0x86DD, 0x8100, 0x88A8, 0x88CC):
-        raise ConfigError(file, "heartbeat.ethertype", f"0x{heartbeat.ethertype:04X} belongs to another protocol")
-    heartbeat = dataclasses.replace(heartbeat, key=_read_key(file, heartbeat.key_file, base_dir))
+        _report(file, "heartbeat.ethertype", f"0x{heartbeat.ethertype:04X} belongs to another protocol")
+    try:
+        heartbeat = dataclasses.replace(heartbeat, key=_read_key(file, heartbeat.key_file, base_dir))
+    except ConfigError as exc:
+        _report(exc.file, exc.key, exc.reason)
 
     ln = _Section(file, "link", top.get("link", dict, {}))
     d2 = LinkConfig()
@@ -386,10 +471,12 @@ def parse(text: str, file: str = "<config>", base_dir: str = ".",
 
     fo = _Section(file, "failover", top.get("failover", dict, {}))
     d3 = FailoverConfig()
-    carry = fo.get("carry", list, list(d3.carry))
-    for i, kind in enumerate(carry):
-        if kind not in CARRY_KINDS:
-            raise ConfigError(file, f"failover.carry[{i}]", f"must be one of {', '.join(CARRY_KINDS)}; got {kind!r}")
+    carry = []
+    for i, kind in enumerate(fo.get("carry", list, list(d3.carry))):
+        if kind in CARRY_KINDS:
+            carry.append(kind)
+        else:
+            _report(file, f"failover.carry[{i}]", f"must be one of {', '.join(CARRY_KINDS)}; got {_short(kind)}")
     failover = FailoverConfig(
         enable_delay_ms=float(fo.number("enable_delay_ms", d3.enable_delay_ms, 0, 600000)),
         admin_down_failed=fo.get("admin_down_failed", bool, d3.admin_down_failed),
@@ -420,9 +507,9 @@ def parse(text: str, file: str = "<config>", base_dir: str = ".",
     )
     dm.done()
     if damping.reuse >= damping.suppress:
-        raise ConfigError(file, "damping.reuse", "must be below damping.suppress")
+        _report(file, "damping.reuse", "must be below damping.suppress")
     if damping.max_penalty < damping.suppress:
-        raise ConfigError(file, "damping.max_penalty", "must be at least damping.suppress")
+        _report(file, "damping.max_penalty", "must be at least damping.suppress")
 
     qu = _Section(file, "quality", top.get("quality", dict, {}))
     quality = QualityConfig(

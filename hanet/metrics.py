@@ -19,12 +19,14 @@ with ``update_paths``; the HTTP thread reads the latest snapshot, so the loop ne
 """
 from __future__ import annotations
 
+import socket
 import threading
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.exposition import start_http_server
+from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 
 DETECTION_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 HEALTH_STATES = ("up", "suspect", "down")  # always exported; other values appear once seen
@@ -32,6 +34,22 @@ HEALTH_STATES = ("up", "suspect", "down")  # always exported; other values appea
 
 class MetricsError(Exception):
     pass
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):  # no access log on stderr
+        pass
+
+
+def _serve(host: str, port: int, registry: CollectorRegistry) -> tuple[Any, threading.Thread]:
+    """prometheus_client's start_http_server, from parts every version since 0.16 (Debian 12's)
+    has: its start_http_server hands back the server, needed to stop it, only from 0.17 on."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    server_class = type("MetricsServer", (ThreadingWSGIServer,), {"address_family": family})
+    httpd = make_server(host, port, make_wsgi_app(registry), server_class, handler_class=_QuietHandler)
+    thread = threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True)
+    thread.start()
+    return httpd, thread
 
 
 class Metrics:
@@ -88,7 +106,7 @@ class Metrics:
         if not host or not port.isdigit():
             raise MetricsError(f"metrics listen address must be HOST:PORT, got {listen!r}")
         try:
-            self._http, self._http_thread = start_http_server(int(port), host, registry=self.registry)
+            self._http, self._http_thread = _serve(host, int(port), self.registry)
         except OSError as exc:
             raise MetricsError(f"cannot listen for metrics on {listen}: {exc.strerror or exc}") from None
         return host, self._http.server_port

@@ -124,3 +124,87 @@ def test_cli_check_exits_2_naming_file_and_key(tmp_path, keyfile):
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert "ok" in proc.stdout
+
+
+def test_every_mistake_in_the_file_is_reported_at_once(keyfile):
+    text = example(keyfile, **{
+        'multiplier = 3 ': 'multiplyer = 3 ',                             # unknown key
+        'interval_ms = 10.0': 'interval_ms = "fast"',                     # wrong type
+        'vips = ["192.0.2.100/24"]': 'vips = ["nope", "192.0.2.100/24", 7]',  # two bad items
+        'policy = "auto"': 'policy = "sometimes"',                        # not one of
+        'reuse = 750.0': 'reuse = 5000.0',                                # cross-key check
+        'interface = "nic3"': 'interface = "nic1"',                       # duplicate
+    })
+    text = text.replace('address = "192.0.2.1/24"    # IPv4', '# IPv4')     # required key missing
+    with pytest.raises(config.ConfigError) as info:
+        config.parse(text, file="bad.toml", interface_exists=lambda name: name != "nic1")
+    found = {(p.key, p.reason.split(":")[0]) for p in info.value.problems}
+    keys = [p.key for p in info.value.problems]
+    assert set(keys) == {"heartbeat.multiplyer", "heartbeat.interval_ms", "identity.vips[0]",
+                         "identity.vips[2]", "failback.policy", "damping.reuse", "path[1].interface",
+                         "path[0].interface", "identity.address"}, found
+    assert keys.count("path[1].interface") == 2  # used by path[0] too; and no such NIC here
+    assert all(p.file == "bad.toml" for p in info.value.problems)
+    # The first problem is the exception's own file/key/reason; its str names them all.
+    assert (info.value.key, info.value.reason) == (keys[0], info.value.problems[0].reason)
+    for problem in info.value.problems:
+        assert str(problem) in str(info.value)
+
+
+def test_a_missing_section_is_reported_once_not_per_key(keyfile):
+    text = example(keyfile).split("# The identity that moves")[0]
+    text = text.replace('[node]\nid = "alpha"', '[node]\nid = 5')
+    with pytest.raises(config.ConfigError) as info:
+        config.parse(text)
+    assert [p.key for p in info.value.problems] == ["node.id", "identity"]
+
+
+def test_cli_lists_every_problem_and_exits_2(tmp_path, keyfile):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(example(keyfile, **{'multiplier = 3 ': 'multiplier = 300 ', 'keep = 8 ': 'keep = 0 ',
+                                       'policy = "auto"': 'policy = 1'}))
+    # `run` stops there too, before touching anything, and also names the NICs missing here.
+    for command, count in ((["check", "--no-interfaces"], 3), (["run"], 5)):
+        proc = subprocess.run([sys.executable, "-m", "hanet", *command, "-c", str(bad)],
+                              capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.splitlines()
+        assert f"hanet: config error: {bad}: heartbeat.multiplier: out of range: 300 not in [1, 255]" in lines
+        assert f"hanet: config error: {bad}: failback.policy: must be str, not int (1)" in lines
+        assert any(line.startswith(f"hanet: config error: {bad}: eventlog.keep: out of range") for line in lines)
+        assert f"hanet: {count} problems in {bad}" in lines
+
+
+@pytest.mark.parametrize("nested", [
+    "x = " + "[" * 100_000 + "]" * 100_000,
+    "x = " + "{a = " * 100_000 + "1" + "}" * 100_000,
+    "x = 1" + "0" * 10_000,  # past Python's integer digit limit
+], ids=["arrays", "inline-tables", "huge-integer"])
+def test_any_file_the_decoder_cannot_take_is_a_config_error(tmp_path, nested):
+    with pytest.raises(config.ConfigError) as info:
+        config.parse(nested, file="deep.toml")
+    assert info.value.key == "(syntax)"
+    path = tmp_path / "deep.toml"
+    path.write_text(nested)
+    proc = subprocess.run([sys.executable, "-m", "hanet", "check", "--no-interfaces", "-c", str(path)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"{path}: (syntax):" in proc.stderr
+
+
+WRONG_VALUES = ("[]", "{}", '"x"', "-1", "true", "[1, {}]", '{ a = 1 }')
+
+
+@pytest.mark.parametrize("wrong", WRONG_VALUES)
+def test_any_wrong_value_anywhere_is_reported_not_crashed_on(keyfile, wrong):
+    """Reading on past a bad key must never trip over the value it fell back to."""
+    lines = example(keyfile).splitlines()
+    assignments = [i for i, line in enumerate(lines) if re.match(r"^\s*[a-z_0-9]+\s*=", line)]
+    assert len(assignments) > 40
+    for i in assignments:
+        key = lines[i].split("=")[0].strip()
+        mutated = lines[:i] + [f"{key} = {wrong}"] + lines[i + 1:]
+        try:
+            config.parse("\n".join(mutated), file="m.toml", interface_exists=lambda name: True)
+        except config.ConfigError as exc:
+            assert exc.problems and all(p.file == "m.toml" and p.key and p.reason for p in exc.problems)

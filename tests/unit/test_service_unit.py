@@ -14,7 +14,7 @@ import pytest
 from hanet.config import ControlConfig, EventLogConfig
 
 UNIT = pathlib.Path(__file__).resolve().parents[2] / "conf" / "hanet.service"
-INSTALLED_BINARY = "/usr/local/bin/hanet"
+INSTALLED_BINARY = "/usr/bin/hanet"  # where the Debian package puts it
 ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
 
@@ -113,3 +113,27 @@ def test_least_privilege():
 def test_writable_directories_hold_the_default_paths():
     assert ControlConfig.socket.startswith(f"/run/{one('RuntimeDirectory')}/")
     assert EventLogConfig.path.startswith(f"/var/lib/{one('StateDirectory')}/")
+
+
+def test_not_started_before_it_is_configured():
+    assert set(values("ConditionPathExists", "Unit")) == {"/etc/hanet/hanet.toml", "/etc/hanet/heartbeat.key"}
+    from hanet.config import HeartbeatConfig
+    assert HeartbeatConfig.key_file == "/etc/hanet/heartbeat.key"
+
+
+SYSUSERS = UNIT.with_name("hanet.sysusers")
+SYSUSERS_TOOL = shutil.which("systemd-sysusers")
+
+
+@pytest.mark.skipif(SYSUSERS_TOOL is None, reason="systemd-sysusers is not installed")
+def test_sysusers_creates_the_unit_user(tmp_path):
+    # Always into a scratch root: never the host's own /etc.
+    (tmp_path / "etc").mkdir()
+    result = subprocess.run([SYSUSERS_TOOL, f"--root={tmp_path}", str(SYSUSERS)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    passwd = {line.split(":")[0]: line.split(":") for line in (tmp_path / "etc/passwd").read_text().splitlines()}
+    user = passwd[one("User")]
+    assert int(user[2]) < 1000 and user[6] == "/usr/sbin/nologin"  # a system user with no login
+    groups = [line.split(":")[0] for line in (tmp_path / "etc/group").read_text().splitlines()]
+    assert one("Group") in groups
