@@ -211,7 +211,7 @@ class NetOps:
             struct.pack_into("=II", chunk, 8, seq, 0)
             chunks.append(chunk)
             by_seq[seq] = op
-        self.ipr.send(b"".join(chunks))
+        self.ipr.sendto(b"".join(chunks), (0, 0))  # the kernel; IPRoute.send is not in pyroute2 0.7
         errors = []
         for seq, code in self._acks(set(by_seq)):
             op = by_seq[seq]

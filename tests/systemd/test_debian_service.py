@@ -134,7 +134,7 @@ def nodes(tmp_path_factory):
                 key = box.read(KEY)
             else:
                 box.write(KEY, key, mode=0o600)
-            box.sh(f"chgrp hanet {KEY} && chmod 0640 {KEY}")
+            box.sh(f"chown hanet {KEY} && chmod 0600 {KEY}")
             nic = plan.nics[0]
             box.run("ip", "addr", "add", plan.address, "broadcast", "+", "dev", nic)
             box.run("ip", "addr", "add", plan.vip, "dev", nic)
