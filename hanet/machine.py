@@ -62,7 +62,7 @@ HEARD = (HEALTH_UP, HEALTH_SUSPECT)  # the peer answered on this path in this ru
 
 # Inputs of the table. Several event types fold into one input (see INPUT_OF).
 INPUTS = ("started", "path_suspect", "path_cleared", "path_failed", "path_restored",
-          "enable_due", "failback_due", "move_expired", "step_done", "step_failed", "address_removed",
+          "enable_due", "failback_due", "move_expired", "answer_due", "step_done", "step_failed", "address_removed",
           "peer_moved", "op_failover", "op_failback", "op_offline", "op_online", "noted")
 
 #: How many times a move that passed its deadline is issued again before it is given up.
@@ -180,6 +180,7 @@ class State:
     moved_t: int | None = None        # when this node last finished a move it decided itself
     notice_t: int | None = None       # when this node last answered a disagreement
     mac_holder: int | None = None     # the holder whose MAC layout was last put in place
+    peer_active: int | None = None    # where the peer last said its identity is
 
     def timer(self, name: str) -> int | None:
         return dict(self.timers).get(name)
@@ -222,7 +223,7 @@ class State:
                     move=move, paths=tuple(paths), timers=tuple(sorted((str(k), int(v)) for k, v in timers)),
                     paused=tuple(data.get("paused") or ()), next_action_id=int(data.get("next_action_id", 1)),
                     now=int(data.get("now", 0)), moved_t=data.get("moved_t"), notice_t=data.get("notice_t"),
-                    mac_holder=data.get("mac_holder"))
+                    mac_holder=data.get("mac_holder"), peer_active=data.get("peer_active"))
         if state.name not in STATES:
             state = dataclasses.replace(state, name=STARTING)
         return adapt(state, Params(paths=tuple(p.name for p in state.paths)), params)[0]
@@ -363,6 +364,7 @@ TABLE: list[Row] = [
            (FAILING_OVER, "g_has_candidate", "e_begin_failover", "a move given up earlier: try again on the best usable path"),
            (None, None, None, "a move given up earlier: still nothing usable")),
     *_rows("move_expired", (STARTING, MONITORING, SUSPECT, ALTERNATE_ACTIVE), (None, None, None, "stale move deadline")),
+    *_rows("answer_due", ANY, (None, None, "e_answer_peer", "the peer may still disagree: tell it where we are again")),
     *_rows("step_done", MOVING,
            (None, "g_configured", "e_arm_enable", "the alternate is configured: enable it once the delay is over"),
            (MONITORING, "g_move_done_on_primary", "e_finish_move", "sequence complete: the identity is on the primary"),
@@ -455,6 +457,7 @@ INPUT_OF: dict[str, str] = {
 TIMER_ENABLE = "enable"
 TIMER_FAILBACK = "failback"
 TIMER_MOVE = "move"
+TIMER_ANSWER = "answer"
 
 
 def _timer(kind: str, path: int) -> str:
@@ -509,8 +512,8 @@ class Rules:
         self.active, self.move = s.active, s.move
         self.timers = dict(s.timers)
         self.paused = set(s.paused)
-        self.next_action_id, self.moved_t, self.notice_t, self.mac_holder = (
-            s.next_action_id, s.moved_t, s.notice_t, s.mac_holder)
+        self.next_action_id, self.moved_t, self.notice_t, self.mac_holder, self.peer_active = (
+            s.next_action_id, s.moved_t, s.notice_t, s.mac_holder, s.peer_active)
         self.now = max(s.now, event.t_ns)
         self._actions: list[m.Action] = []
         self._fired: Row | None = None
@@ -521,7 +524,8 @@ class Rules:
         return State(name=self.state, active=self.active, move=self.move if self.state in MOVING else None,
                      paths=tuple(self.paths), timers=tuple(sorted(self.timers.items())),
                      paused=tuple(sorted(self.paused)), next_action_id=self.next_action_id, now=self.now,
-                     moved_t=self.moved_t, notice_t=self.notice_t, mac_holder=self.mac_holder)
+                     moved_t=self.moved_t, notice_t=self.notice_t, mac_holder=self.mac_holder,
+                     peer_active=self.peer_active)
 
     def _fire_callback(self, row: Row) -> Callable:
         def fire(event: m.Event) -> None:
@@ -584,6 +588,7 @@ class Rules:
         elif isinstance(ev, m.PeerNotice):
             if not 0 <= ev.active < self.n:
                 return "noted"
+            self.peer_active = ev.active
         elif isinstance(ev, m.OperatorFailover):
             if ev.path is not None and not 0 <= ev.path < self.n:
                 return "noted"
@@ -686,6 +691,8 @@ class Rules:
             return "failback_due"
         if name == TIMER_MOVE:
             return "move_expired"
+        if name == TIMER_ANSWER:
+            return "answer_due"
         kind, _, idx = name.partition(":")
         path = int(idx)
         if kind == "linkdown" and not self.paths[path].carrier:
@@ -1060,11 +1067,19 @@ class Rules:
             self._emit(m.ConfigureNic, path=self.active, from_path=None, layout=want)
 
     def e_answer_peer(self) -> None:
-        """Tell the peer where our identity is, at most once per detection time."""
-        if not self.params.coordinate or self.active is None:
+        """Tell the peer where our identity is, at most once per detection time; an answer due
+        sooner is sent when that time is over, so a disagreement is never left standing."""
+        if not self.params.coordinate or self.active is None or self.state in MOVING:
             return
-        if self.notice_t is None or self.now - self.notice_t >= self.params.peer_window_ns:
-            self._emit(m.SendNotice, path=self._event.path, active=self.active)
+        if self.peer_active == self.active and isinstance(self._event, m.TimerFired):
+            return  # the peer came round meanwhile
+        if self.notice_t is not None and self.now - self.notice_t < self.params.peer_window_ns:
+            if TIMER_ANSWER not in self.timers:
+                self._start(TIMER_ANSWER, self.notice_t + self.params.peer_window_ns)
+            return
+        heard = [p for p in [self.active, *range(self.n)] if self.hears_peer(p)]
+        if heard:
+            self._emit(m.SendNotice, path=heard[0], active=self.active)
             self.notice_t = self.now
 
     def e_plumb_online(self) -> None:
