@@ -177,7 +177,7 @@ class State:
     paused: tuple[int, ...] = ()
     next_action_id: int = 1
     now: int = 0
-    moved_t: int | None = None        # when this node last finished a move it decided itself
+    moved_t: int | None = None        # when this node last finished a move between two paths it decided itself
     notice_t: int | None = None       # when this node last answered a disagreement
     mac_holder: int | None = None     # the holder whose MAC layout was last put in place
     peer_active: int | None = None    # where the peer last said its identity is
@@ -1001,8 +1001,8 @@ class Rules:
         self.paused.clear()
         if self.params.coordinate:
             self._emit(m.SendNotice, path=target, active=target)
-        if self.move.by != "peer":
-            self.moved_t = self.now  # a move decided here: the tie-break of simultaneous moves
+        if self.move.by != "peer" and self.move.source is not None and self.move.source != target:
+            self.moved_t = self.now  # left a path by its own decision: the tie-break of simultaneous moves
         for p in self.move.skip:
             if self.paths[p].present:
                 self._emit(m.DisableNic, path=p, admin_down=False)  # clearing it failed before: try again
