@@ -38,7 +38,12 @@ def cmd_check(args) -> int:
 
 
 def cmd_run(args) -> int:
-    cfg = load_config(args.config)
+    # A NIC may be missing (unplugged, a driver reset): its path starts gone and comes back when
+    # the NIC does. With none of them here there is nothing to run on.
+    cfg = load_config(args.config, check_interfaces=False)
+    if not any(interface_exists(p.interface) for p in cfg.paths):
+        raise config_mod.ConfigError(cfg.file, "path[*].interface",
+                                     "none of the configured interfaces exists here")
     from .engine import Engine
 
     engine = Engine(cfg, dry_run=args.dry_run)
