@@ -309,13 +309,24 @@ def test_bad_config_exits_2_and_touches_nothing(make_lab):
     cfg = lab.config_path("alpha")
     with open(cfg) as fh:
         text = fh.read()
-    with open(cfg, "w") as fh:
-        fh.write(text.replace('interface = "nic3"', 'interface = "nic9"'))
     before = lab.netns("alpha").ip("-j", "addr").stdout
-    proc = subprocess.run(["ip", "netns", "exec", lab.ns["alpha"], sys.executable, "-m", "hanet", "run", "-c", cfg],
-                          capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 2
-    assert "path[1].interface" in proc.stderr and "nic9" in proc.stderr
+
+    def hanet(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", lab.ns["alpha"], sys.executable, "-m", "hanet", *argv],
+                              capture_output=True, text=True, timeout=30)
+
+    with open(cfg, "w") as fh:  # a NIC that is not here: check names it (run would start without it)
+        fh.write(text.replace('interface = "nic3"', 'interface = "nic9"'))
+    proc = hanet("check", "-c", cfg)
+    assert proc.returncode == 2 and "path[1].interface" in proc.stderr and "nic9" in proc.stderr
+    with open(cfg, "w") as fh:  # no configured NIC here at all, and a bad value: run refuses
+        fh.write(text.replace('"nic1"', '"nic8"').replace('"nic3"', '"nic9"').replace("multiplier = 3", "multiplier = 0"))
+    proc = hanet("run", "-c", cfg)
+    assert proc.returncode == 2 and "heartbeat.multiplier" in proc.stderr, proc.stderr
+    with open(cfg, "w") as fh:
+        fh.write(text.replace('"nic1"', '"nic8"').replace('"nic3"', '"nic9"'))
+    proc = hanet("run", "-c", cfg)
+    assert proc.returncode == 2 and "none of the configured interfaces" in proc.stderr, proc.stderr
     assert lab.netns("alpha").ip("-j", "addr").stdout == before
     assert not os.path.exists(lab.log_path("alpha"))
 
