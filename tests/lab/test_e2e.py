@@ -150,14 +150,27 @@ def test_kill_during_failover_then_restart_ends_consistent(make_lab, step):
     lab.start_daemon("alpha", env={"HANET_CRASH_AFTER": step})
     for node in ("alpha", "beta"):
         lab.wait_state(node, "Monitoring", 10)
-    lab.fault("carrier", "primary")
-    deadline = time.monotonic() + 10
-    while lab.daemon_alive("alpha") and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not lab.daemon_alive("alpha"), "the crash hook did not fire"
-    lab.pids.pop("alpha", None)
-    lab.start_daemon("alpha")
-    lab.wait_state("alpha", "Alternate-Active", 10)
+    # A watcher of every MAC change the kernel makes on alpha's NICs, across the crash and restart.
+    macs = {nic: lab.netns("alpha").mac(nic) for nic in NICS["alpha"]}
+    watcher = subprocess.Popen(["ip", "-n", lab.ns["alpha"], "-o", "monitor", "link"], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.2)
+        lab.fault("carrier", "primary")
+        deadline = time.monotonic() + 10
+        while lab.daemon_alive("alpha") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not lab.daemon_alive("alpha"), "the crash hook did not fire"
+        lab.pids.pop("alpha", None)
+        lab.start_daemon("alpha")
+        lab.wait_state("alpha", "Alternate-Active", 10)
+    finally:
+        watcher.terminate()
+        out, _ = watcher.communicate(timeout=5)
+    for line in out.splitlines():  # "2: nic1: <...> ... link/ether 02:00:... brd ..."
+        words = line.split()
+        if len(words) > 2 and words[1].rstrip(":").split("@")[0] in macs and "link/ether" in words:
+            macs[words[1].rstrip(":").split("@")[0]] = words[words.index("link/ether") + 1]
+            assert len(set(macs.values())) == len(macs), (line, macs)  # I2 at every change
     assert_identity_on(lab, "alpha", 1)
     wait_reachable(lab, "alpha")
 
