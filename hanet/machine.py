@@ -206,6 +206,9 @@ class State:
             known = _known(PathFacts, raw)
             known.setdefault("name", names[i] if i < len(names) else f"path{i}")
             paths.append(PathFacts(**known))
+        if not any(isinstance(raw, dict) and "name" in raw for raw in raw_paths):
+            # An older snapshot knows its paths by index only: the ones it lacks start afresh.
+            paths += [PathFacts(name=n) for n in names[len(paths):]]
         hw = data.get("hw_macs") or []
         paths = [dataclasses.replace(p, hw_mac=p.hw_mac or (hw[i] if i < len(hw) else ""))
                  for i, p in enumerate(paths)]

@@ -278,3 +278,33 @@ def test_readme_renders_the_table():
     if not readme.exists():
         pytest.fail("README.md missing")
     assert M.render_table_markdown() in readme.read_text()
+
+
+def test_a_reboot_carries_damping_over_to_the_new_clock():
+    """CLOCK_MONOTONIC starts again after a reboot: the recorded times move onto the new clock,
+    moved on by the time the daemon was down (from the wall clock), so the penalty keeps decaying."""
+    d = Driver(damp_half_life_ns=1000 * MS, damp_suppress=1500.0, damp_reuse=900.0, peer_window_ns=10 * MS)
+    for _ in range(2):
+        d.feed(m.LinkDown(t_ns=d.t, path=0))
+        d.advance(20 * MS)
+        d.feed(m.LinkUp(t_ns=d.t, path=0))
+        d.feed(m.HeartbeatRecovered(t_ns=d.t, path=0, replies=3))
+        d.advance(20 * MS)
+    view = d.mach.view()
+    assert view.damped(0)
+    before = view.penalty(0)
+    state = d.mach.current
+    rebooted = M.step(d.mach.params, state, m.DaemonStarted(t_ns=5 * MS, holder=1, carrier=(True, True),
+                                                            macs=MACS[:2], down_ns=1000 * MS))
+    after = M.Machine(d.mach.params, rebooted.state).view()
+    assert rebooted.state.now == 5 * MS
+    assert abs(after.penalty(0) - before / 2) < before * 0.05  # one half-life of downtime
+    assert dict(rebooted.state.timers)["reuse:0"] > rebooted.state.now  # re-armed on the new clock
+
+
+def test_a_snapshot_missing_keys_restores_what_it_can():
+    params = M.Params(paths=("p0", "p1"))
+    assert M.State.from_dict({}, params) == M.initial_state(params)
+    state = M.State.from_dict({"state": "Alternate-Active", "active": 1, "facts": [{"health": "up"}]}, params)
+    assert state.name == "Alternate-Active" and state.active == 1
+    assert [p.name for p in state.paths] == ["p0", "p1"] and state.paths[0].health == "up"
