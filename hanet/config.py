@@ -47,6 +47,7 @@ class HeartbeatConfig:
     key_file: str = "/etc/hanet/heartbeat.key"
     replay_window: int = 64
     key: bytes = field(default=b"", repr=False)  # read from key_file at load time
+    rcvbuf_kb: int = 4096  # receive buffer of each path socket: room for bursts of junk frames
 
 
 @dataclass(frozen=True)
@@ -327,6 +328,7 @@ def parse(text: str, file: str = "<config>", base_dir: str = ".",
         ethertype=hb.number("ethertype", d.ethertype, 0x0600, 0xFFFF, integer=True),
         key_file=hb.get("key_file", str, d.key_file),
         replay_window=hb.number("replay_window", d.replay_window, 1, 1024, integer=True),
+        rcvbuf_kb=hb.number("rcvbuf_kb", d.rcvbuf_kb, 64, 1 << 20, integer=True),
     )
     hb.done()
     if heartbeat.reply_timeout_ms > heartbeat.interval_ms:

@@ -6,10 +6,13 @@ There is no pure-Python fallback: if hanet._fastprobe cannot be imported, neithe
 """
 from __future__ import annotations
 
+import logging
 import threading
 
 from hanet import _fastprobe, model
 from hanet.config import Config
+
+log = logging.getLogger("hanet")
 
 
 def percentile(samples: list[int], q: float) -> int:
@@ -18,31 +21,6 @@ def percentile(samples: list[int], q: float) -> int:
         return 0
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))]
-
-
-Kind = _fastprobe.EventKind
-
-
-def _to_event(kind: int, path: int, t_ns: int, a: int, b: int, c: int, d: int) -> model.Event:
-    if kind == Kind.EV_SUSPECT:
-        return model.HeartbeatSuspect(t_ns=t_ns, path=path, misses=a, send_lag_max_ns=c,
-                                      recv_delay_max_ns=d)
-    if kind == Kind.EV_LOST:
-        return model.HeartbeatLost(t_ns=t_ns, path=path, misses=a, first_miss_ns=b,
-                                   send_lag_max_ns=c, recv_delay_max_ns=d)
-    if kind == Kind.EV_CLEARED:
-        return model.HeartbeatCleared(t_ns=t_ns, path=path, rtt_ns=a)
-    if kind == Kind.EV_RECOVERED:
-        return model.HeartbeatRecovered(t_ns=t_ns, path=path, replies=a, rtt_ns=b)
-    if kind == Kind.EV_LINK_DOWN:
-        return model.LinkDown(t_ns=t_ns, path=path, source="poll")
-    if kind == Kind.EV_LINK_UP:
-        return model.LinkUp(t_ns=t_ns, path=path, source="poll")
-    if kind == Kind.EV_NOTICE:
-        return model.PeerNotice(t_ns=t_ns, path=path, active=a, peer_seq=b)
-    if kind == Kind.EV_QUALITY:
-        return model.PathQuality(t_ns=t_ns, path=path, loss_ppm=a, rtt_p50_ns=b, rtt_p99_ns=c)
-    raise ValueError(f"unknown probe event kind {kind}")
 
 
 class Prober:
@@ -65,8 +43,11 @@ class Prober:
             poll_interval_ms=cfg.link.poll_interval_ms,
             quality_window_ms=cfg.quality.window_ms if cfg.quality.enabled else 0.0,
             rt_priority=rt_priority, seq_start=seq_start,
+            rcvbuf_bytes=int(hb.rcvbuf_kb) * 1024,
         )
         self._names = [p.name for p in cfg.paths]
+        self._interfaces = [p.interface for p in cfg.paths]
+        self._peer = cfg.peer_id
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -96,7 +77,21 @@ class Prober:
         return self._engine.event_fileno()
 
     def drain(self) -> list[model.Event]:
-        return [_to_event(*raw) for raw in self._engine.drain()]
+        events = self._engine.drain()
+        for ev in events:
+            self._explain(ev)
+        return events
+
+    def _explain(self, ev: model.Event) -> None:
+        """The one log line an operator needs for the prober's own alarms."""
+        if isinstance(ev, model.PathCrossed):
+            log.warning("%s hears %s's path %d (%s): cables crossed? path=%d peer_path=%d",
+                        self._interfaces[ev.path], self._peer, ev.peer_path,
+                        self._names[ev.peer_path] if ev.peer_path < len(self._names) else "unknown",
+                        ev.path, ev.peer_path)
+        elif isinstance(ev, model.SequenceLow):
+            log.error("heartbeat sequence numbers nearly used up remaining=%d%s", ev.remaining,
+                      ": nothing is sent any more" if ev.remaining == 0 else "")
 
     def pause(self, path: int) -> None:
         self._engine.pause(path)
