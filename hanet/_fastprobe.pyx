@@ -1262,30 +1262,35 @@ cdef class Engine:
             free(self.c)
             self.c = NULL
 
-    cdef void _open_carrier(self, int i):
-        """Counters when this namespace's sysfs shows them and they agree with ETHTOOL_GLINK
-        (read once here, off the loop, to calibrate); the ioctl otherwise."""
+    cdef int _calibrate(self, int i, int ifindex, int fds[3], int *bit):
+        """Where path ``i``'s carrier will be read: the counters when this namespace's sysfs
+        shows them and they agree with ETHTOOL_GLINK (read once here, off the loop and outside
+        its lock, to calibrate), the ioctl otherwise. ``fds`` get the open counter files."""
+        cdef int k
+        bit[0] = hn_carrier_ioctl(self.c.ctl_fd, self.c.paths[i].sock.ifname)
+        fds[0] = fds[1] = fds[2] = -1
+        if hn_sysfs_open(self.c.paths[i].sock.ifname, ifindex, fds) == 0:
+            if bit[0] < 0 or hn_carrier_counters(fds) == bit[0]:
+                return CARRIER_COUNTERS
+            for k in range(3):
+                close(fds[k])
+                fds[k] = -1
+        return CARRIER_IOCTL
+
+    cdef void _install_carrier(self, int i, int source, int fds[3], int old[3]):
+        """Swap in the counter files (under the core lock); ``old`` gets those to close."""
         cdef PathSocket *s = &self.c.paths[i].sock
-        cdef int fds[3]
-        cdef int bit = hn_carrier_ioctl(self.c.ctl_fd, s.ifname)
         cdef int k
         for k in range(3):
-            if s.sysfs[k] >= 0:
-                close(s.sysfs[k])
-                s.sysfs[k] = -1
-        s.carrier_source = CARRIER_IOCTL
-        if hn_sysfs_open(s.ifname, s.ifindex, fds) == 0:
-            if hn_carrier_counters(fds) == bit or bit < 0:
-                s.sysfs[0], s.sysfs[1], s.sysfs[2] = fds[0], fds[1], fds[2]
-                s.carrier_source = CARRIER_COUNTERS
-            else:
-                for k in range(3):
-                    close(fds[k])
-        s.carrier = 1 if bit == 1 else 0
+            old[k] = s.sysfs[k]
+            s.sysfs[k] = fds[k]
+        s.carrier_source = source
 
     def open(self):
         """Open every socket and read the carriers; raise OSError (and close all) on failure."""
-        cdef int i, fd, idx, cfd
+        cdef int i, fd, idx, cfd, source, bit
+        cdef int fds[3]
+        cdef int old[3]
         if self.opened:
             return
         self.c.stop = False
@@ -1300,7 +1305,9 @@ cdef class Engine:
                                        f"{strerror(-fd).decode()}")
                 self.c.paths[i].sock.fd, self.c.paths[i].sock.count_fd = fd, cfd
                 self.c.paths[i].sock.ifindex = idx
-                self._open_carrier(i)
+                source = self._calibrate(i, idx, fds, &bit)
+                self._install_carrier(i, source, fds, old)
+                self.c.paths[i].sock.carrier = 1 if bit == 1 else 0
         except OSError:
             self.close()
             raise
@@ -1387,20 +1394,23 @@ cdef class Engine:
 
     def rebind(self, int i):
         """Reopen path ``i``'s socket by interface name (it may have a new ifindex)."""
-        cdef int fd, idx, cfd, old, old_count
+        cdef int fd, idx, cfd, old, old_count, source, bit, k
+        cdef int fds[3]
+        cdef int old_sysfs[3]
         self._path(i)
         fd = open_path_socket(self.c, i, &idx, &cfd)
         if fd < 0:
             raise OSError(-fd, f"path[{i}] {self.names[i]}: cannot reopen AF_PACKET socket: "
                                f"{strerror(-fd).decode()}")
+        source = self._calibrate(i, idx, fds, &bit)
         pthread_mutex_lock(&self.c.lock)
         collect_socket_stats(&self.c.paths[i])
         old, old_count = self.c.paths[i].sock.fd, self.c.paths[i].sock.count_fd
         self.c.paths[i].sock.fd, self.c.paths[i].sock.count_fd = fd, cfd
         self.c.paths[i].sock.ifindex = idx
-        self._open_carrier(i)
+        self._install_carrier(i, source, fds, old_sysfs)  # the loop reports the carrier change
         pthread_mutex_unlock(&self.c.lock)
-        for fd in (old, old_count):
+        for fd in (old, old_count, old_sysfs[0], old_sysfs[1], old_sysfs[2]):
             if fd >= 0:
                 close(fd)
         wake(self.c.wake_fd)
