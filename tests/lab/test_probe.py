@@ -459,3 +459,72 @@ def test_peer_mac_set_survives_the_peers_mac_swap(lab, tmp_path):
     finally:
         a.prober.stop()
         b.prober.stop()
+
+
+def test_crossed_cables_are_named_once(lab, tmp_path, caplog):
+    # Re-cable: a's nic1 to b's alternate (nic4), a's nic3 to b's primary (nic2).
+    lab.a.ip("link", "del", "nic1")
+    lab.a.ip("link", "del", "nic3")
+    labnet.veth(lab.a, "nic1", lab.b, "nic4", mac_a="02:00:00:00:0a:01", mac_b="02:00:00:00:0b:02")
+    labnet.veth(lab.a, "nic3", lab.b, "nic2", mac_a="02:00:00:00:0a:02", mac_b="02:00:00:00:0b:01")
+    caplog.set_level("WARNING", logger="hanet")
+    a, b = start_pair(lab, tmp_path)
+    try:
+        for path, heard in ((0, 1), (1, 0)):
+            crossed = a.wait(model.PathCrossed, path)
+            assert crossed.peer_path == heard
+            b.wait(model.PathCrossed, path)
+        wait_for("path 0 lost on a", lambda: a.stats(0)["state"] == "lost")
+        sent = a.stats(0)["sent"]
+        wait_for("more frames", lambda: a.stats(0)["sent"] > sent + 20)
+        a.collect()
+        # Once per change, not once per frame; the frames themselves are dropped as "path".
+        assert len([e for e in a.events if isinstance(e, model.PathCrossed)]) == 2
+        assert a.stats(0)["peer_path"] == 1 and a.stats(1)["peer_path"] == 0
+        assert a.stats(0)["drops"]["path"] > 20 and a.stats(0)["crossed"] == 1
+        assert not any(isinstance(e, model.HeartbeatRecovered) for e in a.events)
+        lines = [r.getMessage() for r in caplog.records if " hears " in r.getMessage()]
+        assert any(line.startswith("nic1 hears beta's path 1 (alternate)") for line in lines), lines
+        assert any(line.startswith("nic3 hears beta's path 0 (primary)") for line in lines), lines
+    finally:
+        a.prober.stop()
+        b.prober.stop()
+
+
+def test_replayed_notice_after_a_restart_changes_nothing(pair):
+    a, b = pair
+    with in_netns(b.ns.name):
+        raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    with raw:
+        raw.bind(("nic2", ETH_P_ALL))
+        raw.settimeout(1.0)
+        b.prober.send_notice(0, 1)
+
+        def capture() -> bytes | None:
+            data, addr = raw.recvfrom(256)
+            notice = (addr[2] == PACKET_OUTGOING and data[12:14] == ETH_P_HANET.to_bytes(2, "big")
+                      and data[15] == frame.KIND_NOTICE)
+            return data if notice else None
+        recorded = wait_for("b's notice on the wire", capture, timeout_s=2.0, every_s=0)
+        a.wait(model.PeerNotice, 0)  # the genuine one was delivered
+
+        a.prober.stop()
+        restarted = Node(a.ns, a.cfg)
+        try:
+            # At once, while the path is not yet heard in this run, and on after it is.
+            sent = 0
+            t_end = time.monotonic() + 0.3
+            while time.monotonic() < t_end:
+                raw.send(recorded)
+                sent += 1
+                time.sleep(0.005)
+            restarted.wait(model.HeartbeatRecovered, 0)
+            drops = restarted.stats(0)["drops"]
+            wait_for("every replay dropped",
+                     lambda: sum(restarted.stats(0)["drops"].get(r, 0)
+                                 for r in ("unheard", "replay", "stale")) >= sent)
+            assert restarted.find(model.PeerNotice, 0) is None
+            assert restarted.stats(0)["notices_received"] == 0
+            assert drops.get("unheard", 0) + drops.get("replay", 0) + drops.get("stale", 0) > 0
+        finally:
+            restarted.prober.stop()
