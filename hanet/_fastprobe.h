@@ -19,9 +19,10 @@
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <net/if.h>
-#include <netpacket/packet.h>
+#include <linux/if_packet.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -182,10 +183,82 @@ static int hn_attach_filter(int fd, uint16_t ethertype, const uint8_t *peer_id,
     return 0;
 }
 
+/* A receive ring (PACKET_RX_RING, TPACKET_V2) shared with the kernel: it copies each frame
+   the filter passes into the next free slot while it receives it, and the loop reads the slots
+   in place, with no system call and no socket buffer per frame. A flood then costs the loop
+   only its own checks; a full ring drops (and counts, PACKET_STATISTICS) the newest frames. */
+#define HN_SLOT_SIZE 256
+typedef struct {
+    uint8_t *map;
+    size_t map_len;
+    unsigned slots;
+    unsigned next;
+} hn_ring;
+
+/* Map a ring of about bytes on fd (before bind is best, not required). 0 or -errno. */
+static int hn_ring_open(int fd, hn_ring *r, int bytes) {
+    int version = TPACKET_V2;
+    struct tpacket_req req;
+    unsigned block = 1 << 16;  /* few large blocks: the ring is allocated in a few calls */
+    unsigned per_block = block / HN_SLOT_SIZE;
+    unsigned blocks = (unsigned)(bytes / block);
+    if (blocks < 2)
+        blocks = 2;
+    memset(r, 0, sizeof *r);
+    memset(&req, 0, sizeof req);
+    req.tp_block_size = block;
+    req.tp_block_nr = blocks;
+    req.tp_frame_size = HN_SLOT_SIZE;
+    req.tp_frame_nr = blocks * per_block;
+    if (setsockopt(fd, SOL_PACKET, PACKET_VERSION, &version, sizeof version) < 0
+            || setsockopt(fd, SOL_PACKET, PACKET_RX_RING, &req, sizeof req) < 0)
+        return -errno;
+    r->map_len = (size_t)req.tp_block_size * req.tp_block_nr;
+    r->map = mmap(NULL, r->map_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (r->map == MAP_FAILED) {
+        r->map = NULL;
+        return -errno;
+    }
+    r->slots = req.tp_frame_nr;
+    return 0;
+}
+
+static void hn_ring_close(hn_ring *r) {
+    if (r->map)
+        munmap(r->map, r->map_len);
+    memset(r, 0, sizeof *r);
+}
+
+/* The next frame the kernel has filled, or 0: its data (len: the frame's full length, which may
+   exceed what the slot holds), sender and kernel receive time (CLOCK_REALTIME ns). Hand the slot
+   back with hn_ring_done before asking for the next. */
+static int hn_ring_next(hn_ring *r, const uint8_t **data, ssize_t *len, struct sockaddr_ll **from,
+                        int64_t *rx_realtime_ns) {
+    struct tpacket2_hdr *h = (struct tpacket2_hdr *)(r->map + (size_t)r->next * HN_SLOT_SIZE);
+    if (!(__atomic_load_n(&h->tp_status, __ATOMIC_ACQUIRE) & TP_STATUS_USER))
+        return 0;
+    *data = (const uint8_t *)h + h->tp_net;
+    /* The full length, for the length checks; a slot holds a whole frame of FRAME_LEN, so
+       the checks never read past it. */
+    *len = h->tp_len;
+    *from = (struct sockaddr_ll *)((uint8_t *)h + TPACKET_ALIGN(sizeof(struct tpacket2_hdr)));
+    *rx_realtime_ns = (int64_t)h->tp_sec * 1000000000LL + h->tp_nsec;
+    return 1;
+}
+
+static void hn_ring_done(hn_ring *r) {
+    struct tpacket2_hdr *h = (struct tpacket2_hdr *)(r->map + (size_t)r->next * HN_SLOT_SIZE);
+    __atomic_store_n(&h->tp_status, TP_STATUS_KERNEL, __ATOMIC_RELEASE);
+    r->next = (r->next + 1) % r->slots;
+}
+
 /* A packet socket of ethertype bound to ifindex with the filter attached before the bind, so no
-   unfiltered frame is ever queued. -errno on failure. */
+   unfiltered frame is ever queued, and (ring not NULL) its receive ring of ring_bytes mapped
+   before the bind too (on a bound socket the kernel waits out an RCU grace period, ~10 ms, to
+   set one). ring->map stays NULL if the kernel refuses a ring. -errno on failure. */
 static int hn_filtered_socket(int ifindex, uint16_t ethertype, const uint8_t *peer_id,
-                              const uint8_t (*macs)[6], int nmacs, int invert) {
+                              const uint8_t (*macs)[6], int nmacs, int invert, hn_ring *ring,
+                              int ring_bytes) {
     struct sockaddr_ll addr;
     int err, fd = socket(AF_PACKET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     int one = 1;
@@ -195,6 +268,8 @@ static int hn_filtered_socket(int ifindex, uint16_t ethertype, const uint8_t *pe
        refuses them too, but the counting socket would count them). */
     setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof one);
     err = hn_attach_filter(fd, ethertype, peer_id, macs, nmacs, invert);
+    if (ring != NULL && hn_ring_open(fd, ring, ring_bytes) < 0)
+        memset(ring, 0, sizeof *ring);
     if (err == 0) {
         memset(&addr, 0, sizeof addr);
         addr.sll_family = AF_PACKET;
@@ -205,6 +280,8 @@ static int hn_filtered_socket(int ifindex, uint16_t ethertype, const uint8_t *pe
     }
     if (err) {
         close(fd);
+        if (ring != NULL)
+            hn_ring_close(ring);
         return err;
     }
     return fd;
@@ -215,7 +292,7 @@ static int hn_filtered_socket(int ifindex, uint16_t ethertype, const uint8_t *pe
    each one as a drop (PACKET_STATISTICS) without queueing it. */
 static int hn_open_filter_counter(int ifindex, uint16_t ethertype, const uint8_t *peer_id,
                                   const uint8_t (*macs)[6], int nmacs) {
-    int fd = hn_filtered_socket(ifindex, ethertype, peer_id, macs, nmacs, 1);
+    int fd = hn_filtered_socket(ifindex, ethertype, peer_id, macs, nmacs, 1, NULL, 0);
     int small = 1;  /* the kernel raises it to its minimum */
     if (fd >= 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
@@ -236,7 +313,7 @@ static int hn_set_rcvbuf(int fd, int bytes) {
 /* Frames the socket took (after its filter) and dropped for a full buffer since the last call
    (the kernel resets its counters on each read). 0 or -errno. */
 static int hn_packet_stats(int fd, uint64_t *packets, uint64_t *drops) {
-    struct { unsigned int tp_packets, tp_drops; } st;  /* struct tpacket_stats */
+    struct tpacket_stats st;
     socklen_t len = sizeof st;
     if (fd < 0)
         return -EBADF;

@@ -79,6 +79,9 @@ cdef extern from "_fastprobe.h" nogil:
         HN_OFF_ECHO_NS
         HN_BATCH
 
+    ctypedef struct hn_ring:
+        uint8_t *map
+
     ctypedef struct hn_datagram:
         unsigned char data[128]
         sockaddr_ll frm "from"
@@ -91,12 +94,18 @@ cdef extern from "_fastprobe.h" nogil:
     int hn_wait(pollfd *fds, int n, int64_t deadline_ns)
     int hn_realtime(int priority)
     int hn_filtered_socket(int ifindex, uint16_t ethertype, const uint8_t *peer_id,
-                           const uint8_t (*macs)[6], int nmacs, int invert)
+                           const uint8_t (*macs)[6], int nmacs, int invert, hn_ring *ring,
+                           int ring_bytes)
     int hn_open_filter_counter(int ifindex, uint16_t ethertype, const uint8_t *peer_id,
                                const uint8_t (*macs)[6], int nmacs)
     int hn_set_rcvbuf(int fd, int nbytes)
     int hn_packet_stats(int fd, uint64_t *packets, uint64_t *drops)
     int hn_recv_batch(int fd, hn_datagram *d, int maxn)
+    int hn_ring_open(int fd, hn_ring *r, int nbytes)
+    void hn_ring_close(hn_ring *r)
+    int hn_ring_next(hn_ring *r, const uint8_t **data, ssize_t *len, sockaddr_ll **frm,
+                     int64_t *rx_realtime_ns)
+    void hn_ring_done(hn_ring *r)
     int hn_carrier_ioctl(int fd, const char *ifname)
     int hn_sysfs_open(const char *ifname, int ifindex, int fds[3])
     int hn_carrier_counters(const int fds[3])
@@ -318,6 +327,9 @@ cdef enum:
     WINDOW_BITS = 1024      # replay window bitmap; config caps heartbeat.replay_window here
     WINDOW_WORDS = 16
     RECV_BUDGET = 64        # frames read from one socket per loop pass: the deadlines come first
+    RING_BUDGET = 512       # the same from a receive ring, where a frame costs no system call
+    BUSY_FRAMES = 16        # a pass that read this many frames makes the next one wait before reading
+    COALESCE_NS = 100000    # that wait: under a flood, one wake-up reads a batch, not one frame
     NOTICE_COPIES = 3
     NOTICE_GAP_NS = 2000000
     REPLY_TIMEOUT_FLOOR_NS = 250000   # the adaptive reply timeout never goes below 250 us
@@ -371,13 +383,13 @@ cdef struct Event:
 
 cdef struct PathSocket:
     int fd                  # the path's filtered AF_PACKET socket; -1 while the NIC is gone
+    hn_ring ring            # its receive ring (map NULL: read with recvmmsg instead)
     int count_fd            # the socket that counts what the filter refuses (never read)
     int ifindex
     char ifname[16]
     int sysfs[3]            # carrier_up_count, carrier_down_count, flags; -1 when not open
     int carrier_source      # CARRIER_COUNTERS or CARRIER_IOCTL
     int carrier             # last carrier bit read
-    int rcvbuf              # receive buffer the kernel granted, bytes
 
 cdef struct Session:
     int state
@@ -786,15 +798,18 @@ cdef void note_peer_path(Core *c, int i, int peer_path, int64_t now) noexcept no
 
 
 # --------------------------------------------------------------------------- I/O
-cdef int open_path_socket(Core *c, int i, int *ifindex, int *count_fd) noexcept nogil:
-    """Path ``i``'s bound, filtered, group-joined AF_PACKET socket, or -errno."""
+cdef int open_path_socket(Core *c, int i, int *ifindex, int *count_fd, hn_ring *ring) noexcept nogil:
+    """Path ``i``'s bound, filtered, group-joined AF_PACKET socket, or -errno; with its receive
+    ring when the kernel grants one (``ring.map`` NULL otherwise: frames then queue in the socket
+    buffer, given as much room as allowed)."""
     cdef packet_mreq mreq
     cdef int one = 1
     cdef int err, fd, cfd
     cdef int idx = if_nametoindex(c.paths[i].sock.ifname)
     if idx == 0:
         return -errno
-    fd = hn_filtered_socket(idx, c.ethertype, c.peer_id, c.peer_macs, c.npeer_macs, 0)
+    fd = hn_filtered_socket(idx, c.ethertype, c.peer_id, c.peer_macs, c.npeer_macs, 0, ring,
+                            c.rcvbuf_bytes)
     if fd < 0:
         return fd
     memset(&mreq, 0, sizeof(mreq))
@@ -802,15 +817,21 @@ cdef int open_path_socket(Core *c, int i, int *ifindex, int *count_fd) noexcept 
     mreq.mr_type = PACKET_MR_MULTICAST
     mreq.mr_alen = 6
     memcpy(mreq.mr_address, GROUP_MAC, 6)
-    if (setsockopt(fd, SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mreq, sizeof(mreq)) < 0
-            or setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(one)) < 0):
+    err = 0
+    if setsockopt(fd, SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mreq, sizeof(mreq)) < 0:
         err = errno
+    elif ring.map == NULL and setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(one)) < 0:
+        err = errno
+    if err:
         close(fd)
+        hn_ring_close(ring)
         return -err
-    c.paths[i].sock.rcvbuf = hn_set_rcvbuf(fd, c.rcvbuf_bytes)
+    if ring.map == NULL:
+        hn_set_rcvbuf(fd, c.rcvbuf_bytes)
     cfd = hn_open_filter_counter(idx, c.ethertype, c.peer_id, c.peer_macs, c.npeer_macs)
     if cfd < 0:
         close(fd)
+        hn_ring_close(ring)
         return cfd
     ifindex[0] = idx
     count_fd[0] = cfd
@@ -946,8 +967,28 @@ cdef void on_frame(Core *c, int i, const uint8_t *buf, ssize_t n, sockaddr_ll *f
             e.active, e.peer_seq = f.active, f.echo_seq
 
 
-cdef void receive(Core *c, int i) noexcept nogil:
-    """At most RECV_BUDGET frames of path ``i``; what is left waits for the next pass."""
+cdef int receive_ring(Core *c, int i) noexcept nogil:
+    """At most RING_BUDGET frames of path ``i``'s ring, read in place; returns how many."""
+    cdef hn_ring *r = &c.paths[i].sock.ring
+    cdef const uint8_t *data
+    cdef ssize_t n
+    cdef sockaddr_ll *frm
+    cdef int64_t rx_ns, delay
+    cdef int k = 0
+    while k < RING_BUDGET and hn_ring_next(r, &data, &n, &frm, &rx_ns):
+        if frm.sll_pkttype != PACKET_OUTGOING:
+            delay = hn_clock_ns(CLOCK_REALTIME) - rx_ns if rx_ns > 0 else 0
+            on_frame(c, i, data, n, frm, delay if delay > 0 else 0)
+        hn_ring_done(r)
+        k += 1
+    return k
+
+
+cdef int receive(Core *c, int i) noexcept nogil:
+    """At most RECV_BUDGET frames of path ``i``; what is left waits for the next pass. Returns
+    how many were read."""
+    if c.paths[i].sock.ring.map != NULL:
+        return receive_ring(c, i)
     cdef hn_datagram batch[HN_BATCH]
     cdef hn_datagram *d
     cdef int64_t delay
@@ -963,8 +1004,9 @@ cdef void receive(Core *c, int i) noexcept nogil:
             delay = hn_clock_ns(CLOCK_REALTIME) - d.rx_realtime_ns if d.rx_realtime_ns > 0 else 0
             on_frame(c, i, d.data, d.len, &d.frm, delay if delay > 0 else 0)
         if got < HN_BATCH:
-            return
+            return RECV_BUDGET - budget + (got if got > 0 else 0)
         budget -= got
+    return RECV_BUDGET
 
 
 cdef void set_carrier(Core *c, int i, int bit, int64_t now) noexcept nogil:
@@ -1083,11 +1125,15 @@ cdef int64_t service(Core *c) noexcept nogil:
 
 
 cdef void run_loop(Core *c) noexcept nogil:
+    """Serve the deadlines, wait, read. When the last pass read many frames (a flood, or a
+    burst), the next wait watches only the wake-up fd for COALESCE_NS (or up to the next
+    deadline, if sooner) and then reads every socket: a wake-up per batch of junk frames rather
+    than per frame, which is what would otherwise cost the most CPU."""
     cdef pollfd fds[1 + MAX_PATHS]
     cdef int owner[1 + MAX_PATHS]
-    cdef int i, n, rc
-    cdef bint ioctl_due
-    cdef int64_t now, deadline
+    cdef int i, n, rc, got = 0
+    cdef bint ioctl_due, busy = False
+    cdef int64_t now, deadline, hold
     # The default 50 us timer slack would be most of our lateness budget at 1 ms periods.
     prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0)
     if c.rt_priority > 0:
@@ -1103,25 +1149,33 @@ cdef void run_loop(Core *c) noexcept nogil:
         n = 0
         fds[n].fd, fds[n].events, fds[n].revents, owner[n] = c.wake_fd, POLLIN, 0, -1
         n += 1
-        for i in range(c.npaths):
-            if c.paths[i].sock.fd >= 0:
-                fds[n].fd, fds[n].events, fds[n].revents, owner[n] = c.paths[i].sock.fd, POLLIN, 0, i
-                n += 1
+        if busy:
+            hold = mono_ns() + COALESCE_NS
+            if hold < deadline:
+                deadline = hold
+        else:
+            for i in range(c.npaths):
+                if c.paths[i].sock.fd >= 0:
+                    fds[n].fd, fds[n].events, fds[n].revents, owner[n] = c.paths[i].sock.fd, POLLIN, 0, i
+                    n += 1
         ioctl_due, c.ioctl_poll_due = c.ioctl_poll_due, False
         pthread_mutex_unlock(&c.lock)
         if ioctl_due:
             poll_ioctl_paths(c)
         rc = hn_wait(fds, n, deadline)
         pthread_mutex_lock(&c.lock)
-        if rc <= 0:
-            continue
-        for i in range(n):
-            if fds[i].revents == 0:
-                continue
-            if owner[i] == -1:
-                drain_fd(fds[i].fd)
-            elif c.paths[owner[i]].sock.fd == fds[i].fd:  # not swapped by rebind() meanwhile
-                receive(c, owner[i])
+        got = 0
+        if rc > 0 and fds[0].revents:
+            drain_fd(fds[0].fd)
+        if busy:
+            for i in range(c.npaths):
+                if c.paths[i].sock.fd >= 0:
+                    got += receive(c, i)
+        elif rc > 0:
+            for i in range(1, n):
+                if fds[i].revents and c.paths[owner[i]].sock.fd == fds[i].fd:  # not swapped by rebind()
+                    got += receive(c, owner[i])
+        busy = got >= BUSY_FRAMES
     pthread_mutex_unlock(&c.lock)
 
 
@@ -1291,6 +1345,7 @@ cdef class Engine:
         cdef int i, fd, idx, cfd, source, bit
         cdef int fds[3]
         cdef int old[3]
+        cdef hn_ring ring
         if self.opened:
             return
         self.c.stop = False
@@ -1299,11 +1354,12 @@ cdef class Engine:
             self.c.event_fd = self._check(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC), "eventfd")
             self.c.ctl_fd = self._check(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), "socket")
             for i in range(self.c.npaths):
-                fd = open_path_socket(self.c, i, &idx, &cfd)
+                fd = open_path_socket(self.c, i, &idx, &cfd, &ring)
                 if fd < 0:
                     raise OSError(-fd, f"path[{i}] {self.names[i]}: cannot open AF_PACKET socket: "
                                        f"{strerror(-fd).decode()}")
                 self.c.paths[i].sock.fd, self.c.paths[i].sock.count_fd = fd, cfd
+                self.c.paths[i].sock.ring = ring
                 self.c.paths[i].sock.ifindex = idx
                 source = self._calibrate(i, idx, fds, &bit)
                 self._install_carrier(i, source, fds, old)
@@ -1328,6 +1384,7 @@ cdef class Engine:
                     close(fd)
             s.fd = s.count_fd = -1
             s.sysfs[0] = s.sysfs[1] = s.sysfs[2] = -1
+            hn_ring_close(&s.ring)
         for fd in (self.c.wake_fd, self.c.event_fd, self.c.ctl_fd):
             if fd >= 0:
                 close(fd)
@@ -1397,8 +1454,9 @@ cdef class Engine:
         cdef int fd, idx, cfd, old, old_count, source, bit, k
         cdef int fds[3]
         cdef int old_sysfs[3]
+        cdef hn_ring ring, old_ring
         self._path(i)
-        fd = open_path_socket(self.c, i, &idx, &cfd)
+        fd = open_path_socket(self.c, i, &idx, &cfd, &ring)
         if fd < 0:
             raise OSError(-fd, f"path[{i}] {self.names[i]}: cannot reopen AF_PACKET socket: "
                                f"{strerror(-fd).decode()}")
@@ -1407,9 +1465,11 @@ cdef class Engine:
         collect_socket_stats(&self.c.paths[i])
         old, old_count = self.c.paths[i].sock.fd, self.c.paths[i].sock.count_fd
         self.c.paths[i].sock.fd, self.c.paths[i].sock.count_fd = fd, cfd
+        old_ring, self.c.paths[i].sock.ring = self.c.paths[i].sock.ring, ring
         self.c.paths[i].sock.ifindex = idx
         self._install_carrier(i, source, fds, old_sysfs)  # the loop reports the carrier change
         pthread_mutex_unlock(&self.c.lock)
+        hn_ring_close(&old_ring)
         for fd in (old, old_count, old_sysfs[0], old_sysfs[1], old_sysfs[2]):
             if fd >= 0:
                 close(fd)
@@ -1467,7 +1527,8 @@ cdef class Engine:
                 "notices_sent": p.n.notices_sent, "notices_received": p.n.notices_received,
                 "drops": {DROP_REASONS[k]: p.n.drops[k] for k in range(N_DROPS) if p.n.drops[k]},
                 "filtered": p.n.filtered, "rcvbuf_overflow": p.n.overflow,
-                "rcvbuf_bytes": p.sock.rcvbuf, "crossed": p.n.crossed,
+                "rx_ring": p.sock.ring.map != NULL,
+                "crossed": p.n.crossed,
                 "carrier": p.sock.carrier == 1, "carrier_source": CARRIER_SOURCES[p.sock.carrier_source],
                 "carrier_reads": p.n.carrier_reads, "carrier_ioctls": p.n.carrier_ioctls,
                 "seq_left": wire.U64_MAX - seq, "seq_refused": refused,

@@ -47,7 +47,8 @@ class HeartbeatConfig:
     key_file: str = "/etc/hanet/heartbeat.key"
     replay_window: int = 64
     key: bytes = field(default=b"", repr=False)  # read from key_file at load time
-    rcvbuf_kb: int = 4096  # receive buffer of each path socket: room for bursts of junk frames
+    rcvbuf_kb: int = 4096  # receive ring of each path socket: room for bursts of junk frames
+    rt_priority: int = 0  # SCHED_FIFO priority of the probe thread (needs CAP_SYS_NICE); 0 = normal
 
 
 @dataclass(frozen=True)
@@ -329,6 +330,7 @@ def parse(text: str, file: str = "<config>", base_dir: str = ".",
         key_file=hb.get("key_file", str, d.key_file),
         replay_window=hb.number("replay_window", d.replay_window, 1, 1024, integer=True),
         rcvbuf_kb=hb.number("rcvbuf_kb", d.rcvbuf_kb, 64, 1 << 20, integer=True),
+        rt_priority=hb.number("rt_priority", d.rt_priority, 0, 99, integer=True),
     )
     hb.done()
     if heartbeat.reply_timeout_ms > heartbeat.interval_ms:

@@ -7,6 +7,7 @@ There is no pure-Python fallback: if hanet._fastprobe cannot be imported, neithe
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 from hanet import _fastprobe, model
@@ -26,13 +27,14 @@ def percentile(samples: list[int], q: float) -> int:
 class Prober:
     """Probes and answers on every path of ``cfg`` (path id = index in ``cfg.paths``).
 
-    ``rt_priority`` > 0 runs the loop thread SCHED_FIFO at that priority, so a busy host does not
-    delay heartbeats (and cause false losses); it needs CAP_SYS_NICE, and without it the loop
-    runs at normal priority and ``realtime_error()`` tells why. ``seq_start`` > 0 is the first
+    ``rt_priority`` > 0 (default: ``heartbeat.rt_priority``) runs the loop thread SCHED_FIFO at
+    that priority, so a busy host does not delay heartbeats (and cause false losses); it needs
+    CAP_SYS_NICE, and without it the loop runs at normal priority and ``realtime_error()`` tells
+    why (logged once at start). ``seq_start`` > 0 is the first
     sequence number (hanet.seqfloor); 0 starts at the wall clock in ns.
     """
 
-    def __init__(self, cfg: Config, rt_priority: int = 0, seq_start: int = 0):
+    def __init__(self, cfg: Config, rt_priority: int | None = None, seq_start: int = 0):
         hb = cfg.heartbeat
         self._engine = _fastprobe.Engine(
             node_id=cfg.node_id, peer_id=cfg.peer_id, key=hb.key,
@@ -42,9 +44,10 @@ class Prober:
             ethertype=hb.ethertype, replay_window=hb.replay_window,
             poll_interval_ms=cfg.link.poll_interval_ms,
             quality_window_ms=cfg.quality.window_ms if cfg.quality.enabled else 0.0,
-            rt_priority=rt_priority, seq_start=seq_start,
+            rt_priority=hb.rt_priority if rt_priority is None else rt_priority, seq_start=seq_start,
             rcvbuf_bytes=int(hb.rcvbuf_kb) * 1024,
         )
+        self._rt_priority = hb.rt_priority if rt_priority is None else rt_priority
         self._names = [p.name for p in cfg.paths]
         self._interfaces = [p.interface for p in cfg.paths]
         self._peer = cfg.peer_id
@@ -57,6 +60,14 @@ class Prober:
         self._engine.open()
         self._thread = threading.Thread(target=self._engine.run, name="hanet-probe", daemon=True)
         self._thread.start()
+        if self._rt_priority:
+            threading.Timer(0.1, self._report_realtime).start()
+
+    def _report_realtime(self) -> None:
+        err = self._engine.realtime_error()
+        if err:
+            log.warning("probe thread runs at normal priority: SCHED_FIFO %d refused errno=%d (%s)",
+                        self._rt_priority, err, os.strerror(err))
 
     def stop(self) -> None:
         if self._thread is None:

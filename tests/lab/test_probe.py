@@ -270,7 +270,7 @@ def test_hostile_frames_only_bump_drop_counters(pair):
     a.collect()
     assert a.events[before_events:] == []
     assert a.stats(0)["state"] == "up" and a.stats(1)["state"] == "up"
-    assert a.stats(0)["rcvbuf_overflow"] == 0 and a.stats(0)["rcvbuf_bytes"] >= 1 << 20
+    assert a.stats(0)["rcvbuf_overflow"] == 0 and a.stats(0)["rx_ring"]
 
 
 def test_carrier_loss_is_polled_within_two_periods(lab, tmp_path):
