@@ -1227,11 +1227,13 @@ cdef class Engine:
     """
     cdef Core *c
     cdef bint opened
+    cdef bint carrier_ioctl_only
     cdef list names
 
     def __cinit__(self, *, node_id, peer_id, key, paths, interval_ms, multiplier, recover_count,
                   ethertype, replay_window, poll_interval_ms, quality_window_ms=0.0,
-                  rt_priority=0, reply_timeout_ms=0.0, seq_start=0, rcvbuf_bytes=4 << 20):
+                  rt_priority=0, reply_timeout_ms=0.0, seq_start=0, rcvbuf_bytes=4 << 20,
+                  carrier="auto"):
         cdef int i
         if not isinstance(key, bytes) or not key:
             raise ValueError("key must be non-empty bytes")
@@ -1252,6 +1254,8 @@ cdef class Engine:
         _integer("rt_priority", rt_priority, 0, 99)
         _integer("seq_start", seq_start, 0, wire.U64_MAX - 1)
         _integer("rcvbuf_bytes", rcvbuf_bytes, 0, 1 << 30)
+        if carrier not in ("auto", "ioctl"):
+            raise ValueError(f"carrier must be 'auto' or 'ioctl', not {carrier!r}")
         own, peer = _id_field(node_id, "node_id"), _id_field(peer_id, "peer_id")
         if own == peer:
             raise ValueError("node_id and peer_id must differ")
@@ -1289,6 +1293,7 @@ cdef class Engine:
         self.c.window = replay_window
         self.c.rt_priority = rt_priority
         self.c.rcvbuf_bytes = rcvbuf_bytes
+        self.carrier_ioctl_only = carrier == "ioctl"
         # Sequence numbers start at wall-clock ns, so a restarted node's frames are newer than
         # anything its peer saw from it before; the daemon passes a start that also survives the
         # wall clock stepping back (hanet.seqfloor).
@@ -1323,7 +1328,7 @@ cdef class Engine:
         cdef int k
         bit[0] = hn_carrier_ioctl(self.c.ctl_fd, self.c.paths[i].sock.ifname)
         fds[0] = fds[1] = fds[2] = -1
-        if hn_sysfs_open(self.c.paths[i].sock.ifname, ifindex, fds) == 0:
+        if not self.carrier_ioctl_only and hn_sysfs_open(self.c.paths[i].sock.ifname, ifindex, fds) == 0:
             if bit[0] < 0 or hn_carrier_counters(fds) == bit[0]:
                 return CARRIER_COUNTERS
             for k in range(3):

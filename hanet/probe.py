@@ -32,9 +32,15 @@ class Prober:
     CAP_SYS_NICE, and without it the loop runs at normal priority and ``realtime_error()`` tells
     why (logged once at start). ``seq_start`` > 0 is the first
     sequence number (hanet.seqfloor); 0 starts at the wall clock in ns.
+
+    The carrier is read from the kernel's lock-free counters (sysfs carrier_up_count and
+    carrier_down_count, pread on open files) where this namespace's sysfs shows them, checked
+    once against ETHTOOL_GLINK; ``carrier="ioctl"`` forces the ETHTOOL_GLINK read, which takes the
+    kernel's RTNL lock (the loop makes it outside its own lock), for comparison.
     """
 
-    def __init__(self, cfg: Config, rt_priority: int | None = None, seq_start: int = 0):
+    def __init__(self, cfg: Config, rt_priority: int | None = None, seq_start: int = 0,
+                 carrier: str = "auto"):
         hb = cfg.heartbeat
         self._engine = _fastprobe.Engine(
             node_id=cfg.node_id, peer_id=cfg.peer_id, key=hb.key,
@@ -45,7 +51,7 @@ class Prober:
             poll_interval_ms=cfg.link.poll_interval_ms,
             quality_window_ms=cfg.quality.window_ms if cfg.quality.enabled else 0.0,
             rt_priority=hb.rt_priority if rt_priority is None else rt_priority, seq_start=seq_start,
-            rcvbuf_bytes=int(hb.rcvbuf_kb) * 1024,
+            rcvbuf_bytes=int(hb.rcvbuf_kb) * 1024, carrier=carrier,
         )
         self._rt_priority = hb.rt_priority if rt_priority is None else rt_priority
         self._names = [p.name for p in cfg.paths]
