@@ -1,7 +1,7 @@
 """Carrier watch benchmark: the lock-free counters against the ETHTOOL_GLINK ioctl, at rest and
 while another namespace changes links as fast as it can.
 
-    python bench/bench_carrier_churn.py [--trials N] [--rest-seconds S] [--json FILE]
+    python bench/bench_carrier_churn.py [--trials N] [--rest-seconds S] [--rt-priority N] [--json FILE]
 
 Two namespaces joined by two veth pairs (hanet.labnet.TwoNodeLab), a Prober (hanet.probe) in
 each at 10 ms x 3 with the carrier polled every 1 ms, in this process. Each carrier source
@@ -17,8 +17,8 @@ Per source and condition:
   counters), and the process's CPU (% of one core) over ``--rest-seconds``;
 * carrier detection: b.nic2 is set down; a watcher in namespace a (``ip netns exec``, so it sees
   that namespace's sysfs) spins on a.nic1's carrier_down_count and stamps CLOCK_MONOTONIC when it
-  moves (reading every ~0.1 ms, so it does not take a core from the prober): that is the fault
-  time, to about 0.1 ms; detection = the prober's LinkDown stamp - the fault time (p50/p99/max
+  moves (SCHED_FIFO 20, reading every ~0.1 ms, so it neither waits for a CPU nor takes one from
+  the prober): that is the fault time, to about 0.1 ms; detection = the prober's LinkDown stamp - the fault time (p50/p99/max
   over ``--trials``);
 * heartbeat send lateness (p50/p99/max) over the rest window, both paths.
 """
@@ -46,6 +46,7 @@ from nsrun import in_netns  # noqa: E402
 from test_probe import node_config  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+WATCHER_PRIORITY = 20  # SCHED_FIFO above any probe loop: the fault time must not wait for a CPU
 WATCHER = r"""
 import os, sys, time
 fd = os.open("/sys/class/net/%s/carrier_down_count", os.O_RDONLY)
@@ -106,7 +107,8 @@ class Churn:
 
 def detect_once(lab: labnet.TwoNodeLab, a: Prober, events: list) -> float | None:
     """ms from a.nic1's carrier loss (the watcher's stamp) to the prober's LinkDown event."""
-    watcher = subprocess.Popen(["ip", "netns", "exec", lab.a.name, sys.executable, "-c", WATCHER % "nic1"],
+    watcher = subprocess.Popen(["chrt", "-f", str(WATCHER_PRIORITY), "ip", "netns", "exec", lab.a.name,
+                                sys.executable, "-c", WATCHER % "nic1"],
                                stdout=subprocess.PIPE, text=True)
     try:
         assert watcher.stdout.readline().strip() == "armed"
@@ -133,11 +135,12 @@ def detect_once(lab: labnet.TwoNodeLab, a: Prober, events: list) -> float | None
 
 
 def run_condition(lab: labnet.TwoNodeLab, tmp: Path, source: str, churn: Churn | None, trials: int,
-                  rest_s: float) -> dict:
+                  rest_s: float, rt_priority: int) -> dict:
     cfg_a = node_config(tmp, "alpha", "beta", ("nic1", "nic3"), poll_ms=1.0)
     cfg_b = node_config(tmp, "beta", "alpha", ("nic2", "nic4"), poll_ms=1.0)
     mode = "ioctl" if source == "ioctl" else "auto"
-    a, b = Prober(cfg_a, carrier=mode), Prober(cfg_b, carrier=mode)
+    a = Prober(cfg_a, carrier=mode, rt_priority=rt_priority)
+    b = Prober(cfg_b, carrier=mode, rt_priority=rt_priority)
     with in_netns(lab.a.name):
         a.start()
     with in_netns(lab.b.name):
@@ -184,10 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=30)
     ap.add_argument("--rest-seconds", type=float, default=3.0)
+    ap.add_argument("--rt-priority", type=int, default=0, help="SCHED_FIFO priority of the probe loops")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     labnet.sweep_stale()
-    result = {"trials": args.trials, "host": {"cpus": os.cpu_count(), "kernel": platform.release()},
+    result = {"trials": args.trials, "rt_priority": args.rt_priority, "host": {"cpus": os.cpu_count(), "kernel": platform.release()},
               "runs": []}
     with tempfile.TemporaryDirectory(prefix="hanet-carrier-") as work:
         tmp = Path(work)
@@ -198,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             for source in ("counters", "ioctl"):
                 for busy in (False, True):
                     res = run_condition(lab, tmp, source, churn if busy else None, args.trials,
-                                        args.rest_seconds)
+                                        args.rest_seconds, args.rt_priority)
                     result["runs"].append(res)
                     det = res["detection_ms"] or {}
                     print(f"{source:8s} {res['condition']:5s} reads/s {res['rest']['carrier_reads_per_s']:5d}  "

@@ -371,6 +371,15 @@ static int hn_recv_batch(int fd, hn_datagram *d, int max) {
     return got;
 }
 
+/* Clear a pending socket error (ENETDOWN when the NIC goes down): poll() keeps reporting
+   POLLERR until it is read, and a ring socket is never read with recv(). Returns the error. */
+static int hn_clear_error(int fd) {
+    int err = 0;
+    socklen_t len = sizeof err;
+    getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+    return err;
+}
+
 /* ------------------------------------------------------------------ carrier */
 
 /* Carrier bit of ifname through ETHTOOL_GLINK: 1/0, or -errno (-ENODEV once the interface is

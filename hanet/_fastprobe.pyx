@@ -106,6 +106,7 @@ cdef extern from "_fastprobe.h" nogil:
     int hn_ring_next(hn_ring *r, const uint8_t **data, ssize_t *len, sockaddr_ll **frm,
                      int64_t *rx_realtime_ns)
     void hn_ring_done(hn_ring *r)
+    int hn_clear_error(int fd)
     int hn_carrier_ioctl(int fd, const char *ifname)
     int hn_sysfs_open(const char *ifname, int ifindex, int fds[3])
     int hn_carrier_counters(const int fds[3])
@@ -113,7 +114,7 @@ cdef extern from "_fastprobe.h" nogil:
     int errno
     int ENODEV
     clockid_t CLOCK_MONOTONIC, CLOCK_REALTIME
-    short POLLIN
+    short POLLIN, POLLERR
     int AF_INET, SOCK_DGRAM, SOCK_CLOEXEC
     int SOL_SOCKET, SO_TIMESTAMPNS, SOL_PACKET, PACKET_ADD_MEMBERSHIP, PACKET_MR_MULTICAST
     int AF_PACKET, PACKET_OUTGOING
@@ -1174,6 +1175,8 @@ cdef void run_loop(Core *c) noexcept nogil:
         elif rc > 0:
             for i in range(1, n):
                 if fds[i].revents and c.paths[owner[i]].sock.fd == fds[i].fd:  # not swapped by rebind()
+                    if fds[i].revents & POLLERR:
+                        hn_clear_error(fds[i].fd)  # else poll() reports it again at once, for ever
                     got += receive(c, owner[i])
         busy = got >= BUSY_FRAMES
     pthread_mutex_unlock(&c.lock)

@@ -528,3 +528,24 @@ def test_replayed_notice_after_a_restart_changes_nothing(pair):
             assert drops.get("unheard", 0) + drops.get("replay", 0) + drops.get("stale", 0) > 0
         finally:
             restarted.prober.stop()
+
+
+def _thread_cpu_s(tid: int) -> float:
+    with open(f"/proc/self/task/{tid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_nic_set_down_does_not_make_the_loop_spin(pair):
+    # A down NIC leaves a pending error on its socket; unless it is read, poll() reports it again
+    # at once and the loop would spin a whole core until the NIC came back.
+    a, b = pair
+    for node, nic in ((a, "nic1"), (b, "nic2")):
+        node.ns.ip("link", "set", nic, "down")
+    tid = a.prober._thread.native_id
+    time.sleep(0.2)
+    cpu0, t0 = _thread_cpu_s(tid), time.monotonic()
+    time.sleep(1.0)
+    share = (_thread_cpu_s(tid) - cpu0) / (time.monotonic() - t0)
+    assert share < 0.5, f"probe loop used {share:.0%} of a core with its NIC down"
+    a.wait(model.LinkDown, 0)
