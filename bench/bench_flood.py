@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="heartbeat.rt_priority of both daemons (SCHED_FIFO; 0 = normal)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
-    hanet_peer.hanet_config = with_heartbeat_keys(f"rt_priority = {args.rt_priority}\n")
+    if args.rt_priority:
+        hanet_peer.hanet_config = with_heartbeat_keys(f"rt_priority = {args.rt_priority}\n")
     interval, multiplier = args.setting.lower().split("x")
     modes = [m for m in args.modes.split(",") if m]
     for m in modes:
