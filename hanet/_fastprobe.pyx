@@ -329,8 +329,9 @@ cdef enum:
     WINDOW_WORDS = 16
     RECV_BUDGET = 64        # frames read from one socket per loop pass: the deadlines come first
     RING_BUDGET = 512       # the same from a receive ring, where a frame costs no system call
-    BUSY_FRAMES = 16        # a pass that read this many frames makes the next one wait before reading
-    COALESCE_NS = 100000    # that wait: under a flood, one wake-up reads a batch, not one frame
+    BUSY_FRAMES = 16        # a pass that read this many frames, or dropped any, makes the next
+    COALESCE_NS = 100000    # wait this long before reading: under a flood, one wake-up reads a
+                            # batch, not one frame (genuine traffic is a few frames an interval)
     NOTICE_COPIES = 3
     NOTICE_GAP_NS = 2000000
     REPLY_TIMEOUT_FLOOR_NS = 250000   # the adaptive reply timeout never goes below 250 us
@@ -488,6 +489,7 @@ cdef struct Core:
     bint seq_low_told
     bint seq_out_told
     uint64_t seq_refused    # frames not sent for want of sequence numbers
+    uint64_t pass_drops     # frames dropped in the current loop pass
     int64_t next_poll
     bint ioctl_poll_due
     Path paths[MAX_PATHS]
@@ -936,6 +938,7 @@ cdef void on_frame(Core *c, int i, const uint8_t *buf, ssize_t n, sockaddr_ll *f
         code = DROP_AUTH
     if code != FRAME_OK:
         p.n.drops[code] += 1
+        c.pass_drops += 1
         return
     read_fields(buf, &f)
     window_accept(&p.win, f.seq)
@@ -1126,10 +1129,10 @@ cdef int64_t service(Core *c) noexcept nogil:
 
 
 cdef void run_loop(Core *c) noexcept nogil:
-    """Serve the deadlines, wait, read. When the last pass read many frames (a flood, or a
-    burst), the next wait watches only the wake-up fd for COALESCE_NS (or up to the next
-    deadline, if sooner) and then reads every socket: a wake-up per batch of junk frames rather
-    than per frame, which is what would otherwise cost the most CPU."""
+    """Serve the deadlines, wait, read. When the last pass read many frames or dropped any (a
+    flood, or a burst), the next wait watches only the wake-up fd for COALESCE_NS (or up to the
+    next deadline, if sooner) and then reads every socket: a wake-up per batch of junk frames
+    rather than per frame, which is what would otherwise cost the most CPU."""
     cdef pollfd fds[1 + MAX_PATHS]
     cdef int owner[1 + MAX_PATHS]
     cdef int i, n, rc, got = 0
@@ -1166,6 +1169,7 @@ cdef void run_loop(Core *c) noexcept nogil:
         rc = hn_wait(fds, n, deadline)
         pthread_mutex_lock(&c.lock)
         got = 0
+        c.pass_drops = 0
         if rc > 0 and fds[0].revents:
             drain_fd(fds[0].fd)
         if busy:
@@ -1178,7 +1182,7 @@ cdef void run_loop(Core *c) noexcept nogil:
                     if fds[i].revents & POLLERR:
                         hn_clear_error(fds[i].fd)  # else poll() reports it again at once, for ever
                     got += receive(c, owner[i])
-        busy = got >= BUSY_FRAMES
+        busy = got >= BUSY_FRAMES or c.pass_drops > 0
     pthread_mutex_unlock(&c.lock)
 
 
