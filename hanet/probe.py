@@ -30,8 +30,8 @@ class Prober:
     ``rt_priority`` > 0 (default: ``heartbeat.rt_priority``) runs the loop thread SCHED_FIFO at
     that priority, so a busy host does not delay heartbeats (and cause false losses); it needs
     CAP_SYS_NICE, and without it the loop runs at normal priority and ``realtime_error()`` tells
-    why (logged once at start). ``seq_start`` > 0 is the first
-    sequence number (hanet.seqfloor); 0 starts at the wall clock in ns.
+    why (logged once at start). ``seq_start`` > 0 is the first sequence number
+    (hanet.seqfloor); 0 starts at the wall clock in ns.
 
     The carrier is read from the kernel's lock-free counters (sysfs carrier_up_count and
     carrier_down_count, pread on open files) where this namespace's sysfs shows them, checked
@@ -42,6 +42,7 @@ class Prober:
     def __init__(self, cfg: Config, rt_priority: int | None = None, seq_start: int = 0,
                  carrier: str = "auto"):
         hb = cfg.heartbeat
+        self._rt_priority = hb.rt_priority if rt_priority is None else rt_priority
         self._engine = _fastprobe.Engine(
             node_id=cfg.node_id, peer_id=cfg.peer_id, key=hb.key,
             paths=[(p.interface, p.peer_mac) for p in cfg.paths],
@@ -50,10 +51,9 @@ class Prober:
             ethertype=hb.ethertype, replay_window=hb.replay_window,
             poll_interval_ms=cfg.link.poll_interval_ms,
             quality_window_ms=cfg.quality.window_ms if cfg.quality.enabled else 0.0,
-            rt_priority=hb.rt_priority if rt_priority is None else rt_priority, seq_start=seq_start,
+            rt_priority=self._rt_priority, seq_start=seq_start,
             rcvbuf_bytes=int(hb.rcvbuf_kb) * 1024, carrier=carrier,
         )
-        self._rt_priority = hb.rt_priority if rt_priority is None else rt_priority
         self._names = [p.name for p in cfg.paths]
         self._interfaces = [p.interface for p in cfg.paths]
         self._peer = cfg.peer_id
