@@ -17,10 +17,12 @@ All shared state sits in one ``Core`` behind one mutex; the loop holds it except
 in ppoll() or reads a carrier through the kernel's locked ioctl, so Python's calls see a
 consistent snapshot and never wait longer than one loop pass.
 
-What a flood of frames costs is bounded three ways: a socket filter in the kernel lets through
-only frames that could be the peer's (hn_attach_filter in _fastprobe.h), the receive path runs
-its free checks before the HMAC, and each pass reads at most RECV_BUDGET frames a socket before
-the deadlines are served again.
+What a flood of frames costs is bounded four ways: a socket filter in the kernel lets through
+only frames that could be the peer's (hn_attach_filter in _fastprobe.h); frames that pass are
+read in place from a receive ring shared with the kernel (no system call per frame); the free
+checks come before the HMAC; and each pass reads a bounded number of frames a socket before the
+deadlines are served again, a pass that dropped frames making the next one wait COALESCE_NS so
+that a flood costs a wake-up per batch rather than per frame.
 
 The C helpers are in hanet/_fastprobe.h; the frame layout and its constants in hanet/wire.py.
 """
