@@ -404,6 +404,7 @@ cdef struct Session:
     int peer_path           # the peer's path byte last heard here; -1 before any
     int64_t first_miss_ns
     bint outstanding        # a reply to out_seq is still accepted (until the next request)
+    bint confirming         # out_seq is a confirmation request (heartbeat.confirm_ms)
     uint64_t out_seq
     int64_t out_sent_ns
     int64_t reply_deadline  # when out_seq's miss counts; 0 once it is answered or counted
@@ -431,6 +432,7 @@ cdef struct Counters:
     uint64_t carrier_reads
     uint64_t carrier_ioctls
     uint64_t crossed            # times the peer's path heard here changed to another path
+    uint64_t confirms           # confirmation requests sent
 
 cdef struct Samples:
     int64_t rtt[SAMPLES]
@@ -480,6 +482,7 @@ cdef struct Core:
     int rcvbuf_bytes
     int64_t interval_ns
     int64_t reply_timeout_ns  # 0: adaptive, srtt + 4 rttvar within [floor, interval]
+    int64_t confirm_ns      # confirmation probing's floor; 0: off
     int64_t poll_ns
     int64_t quality_ns
     int multiplier
@@ -738,26 +741,47 @@ cdef int64_t reply_timeout(Core *c, Session *s) noexcept nogil:
     return t if t < c.interval_ns else c.interval_ns
 
 
-cdef void session_overdue(Core *c, int i, int64_t now) noexcept nogil:
-    """The outstanding request of path ``i`` got no reply in time: count the miss once."""
-    c.paths[i].s.reply_deadline = 0
+cdef int64_t confirm_wait(Core *c, Session *s) noexcept nogil:
+    """How long a confirmation request waits for its reply: the RTT estimate (srtt + 4 rttvar),
+    at least heartbeat.confirm_ms, at most the interval."""
+    cdef int64_t t = s.srtt + 4 * s.rttvar if s.srtt > 0 else c.confirm_ns
+    if t < c.confirm_ns:
+        t = c.confirm_ns
+    return t if t < c.interval_ns else c.interval_ns
+
+
+cdef bint session_overdue(Core *c, int i, int64_t now) noexcept nogil:
+    """The outstanding request of path ``i`` got no reply in time: count the miss once. True
+    when a confirmation request should go at once: confirmation probing is on and a path
+    believed up has just missed (suspect, not yet lost)."""
+    cdef Session *s = &c.paths[i].s
+    s.reply_deadline = 0
     on_miss(c, i, now)
+    return c.confirm_ns > 0 and s.state == STATE_SUSPECT
 
 
-cdef uint64_t session_request(Core *c, int i, int64_t now) noexcept nogil:
-    """A request goes now on path ``i``: its sequence number (0: none left, nothing to send)."""
+cdef uint64_t session_request(Core *c, int i, int64_t now, bint confirm) noexcept nogil:
+    """A request goes now on path ``i`` (``confirm``: a confirmation, sent at once after a
+    miss): its sequence number, or 0 when nothing is to be sent (no numbers left, or a scheduled
+    request while a confirmation still waits for its reply)."""
     cdef Session *s = &c.paths[i].s
     cdef uint64_t seq
-    if s.reply_deadline:
-        session_overdue(c, i, now)
+    if not confirm and s.confirming and s.reply_deadline and now < s.reply_deadline:
+        return 0
+    if s.reply_deadline and session_overdue(c, i, now):
+        confirm = True
     seq = next_seq(c, now)
     if seq == 0:
-        s.outstanding = False
+        s.outstanding = s.confirming = False
         return 0
     s.outstanding = True
+    s.confirming = confirm
     s.out_seq = seq
     s.out_sent_ns = now
-    if s.misses + 1 >= c.multiplier:
+    if confirm:
+        s.reply_deadline = now + confirm_wait(c, s)
+        c.paths[i].n.confirms += 1
+    elif s.misses + 1 >= c.multiplier:
         s.reply_deadline = now + reply_timeout(c, s)
     else:
         s.reply_deadline = now + c.interval_ns
@@ -772,7 +796,7 @@ cdef bint reply_matches(Session *s, uint64_t echo_seq, uint64_t echo_ns) noexcep
 cdef void session_reply(Core *c, int i, uint64_t seq, int64_t now) noexcept nogil:
     """The matching reply (sequence number ``seq``) to the outstanding request arrived."""
     cdef Session *s = &c.paths[i].s
-    s.outstanding = False
+    s.outstanding = s.confirming = False
     s.reply_deadline = 0
     if not s.heard:
         # The first proof of this run: the peer made this frame after our request. Anything it
@@ -787,6 +811,7 @@ cdef void session_resume(Path *p) noexcept nogil:
     p.s.paused = False
     p.s.state = STATE_UNKNOWN
     p.s.misses = p.s.oks = 0
+    p.s.confirming = False
     reset_lag_window(&p.s)
 
 
@@ -876,7 +901,7 @@ cdef void tick(Core *c, int i) noexcept nogil:
     cdef Path *p = &c.paths[i]
     cdef int64_t now = mono_ns()
     cdef int64_t lag = now - p.next_send
-    cdef uint64_t seq = session_request(c, i, now)
+    cdef uint64_t seq = session_request(c, i, now, False)
     if seq:
         send_frame(c, i, KIND_REQUEST, 0, seq, <uint64_t>now, 0, 0)
         p.n.sent += 1
@@ -891,6 +916,14 @@ cdef void tick(Core *c, int i) noexcept nogil:
     p.next_send += c.interval_ns
     if p.next_send <= now:
         p.next_send += ((now - p.next_send) // c.interval_ns + 1) * c.interval_ns
+
+
+cdef void send_confirmation(Core *c, int i, int64_t now) noexcept nogil:
+    """A confirmation request at once, off the schedule: the path just missed a reply."""
+    cdef uint64_t seq = session_request(c, i, now, True)
+    if seq:
+        send_frame(c, i, KIND_REQUEST, 0, seq, <uint64_t>now, 0, 0)
+        c.paths[i].n.sent += 1
 
 
 cdef bint peer_mac_ok(Core *c, sockaddr_ll *frm) noexcept nogil:
@@ -1106,8 +1139,8 @@ cdef int64_t service(Core *c) noexcept nogil:
     nxt = c.next_poll
     for i in range(c.npaths):
         p = &c.paths[i]
-        if p.s.reply_deadline and now >= p.s.reply_deadline:
-            session_overdue(c, i, now)
+        if p.s.reply_deadline and now >= p.s.reply_deadline and session_overdue(c, i, now):
+            send_confirmation(c, i, now)
         if now >= p.next_send:
             tick(c, i)
         if p.notice.left > 0 and now >= p.notice.next:
@@ -1242,7 +1275,7 @@ cdef class Engine:
     def __cinit__(self, *, node_id, peer_id, key, paths, interval_ms, multiplier, recover_count,
                   ethertype, replay_window, poll_interval_ms, quality_window_ms=0.0,
                   rt_priority=0, reply_timeout_ms=0.0, seq_start=0, rcvbuf_bytes=4 << 20,
-                  carrier="auto"):
+                  carrier="auto", confirm_ms=0.0):
         cdef int i
         if not isinstance(key, bytes) or not key:
             raise ValueError("key must be non-empty bytes")
@@ -1256,6 +1289,7 @@ cdef class Engine:
             raise ValueError(f"poll_interval_ms {poll_interval_ms!r} is below one nanosecond")
         _number("quality_window_ms", quality_window_ms, 0, 86400000)
         _number("reply_timeout_ms", reply_timeout_ms, 0, interval_ms)
+        _number("confirm_ms", confirm_ms, 0, interval_ms)
         _integer("multiplier", multiplier, 1, 1000)
         _integer("recover_count", recover_count, 1, 1000)
         _integer("ethertype", ethertype, 0x0600, 0xFFFF)
@@ -1295,6 +1329,7 @@ cdef class Engine:
         self.c.ethertype = ethertype
         self.c.interval_ns = <int64_t>(interval_ms * 1e6)
         self.c.reply_timeout_ns = <int64_t>(reply_timeout_ms * 1e6)
+        self.c.confirm_ns = <int64_t>(confirm_ms * 1e6)
         self.c.poll_ns = <int64_t>(poll_interval_ms * 1e6)
         self.c.quality_ns = <int64_t>(quality_window_ms * 1e6)
         self.c.multiplier = multiplier
@@ -1541,7 +1576,7 @@ cdef class Engine:
                 "notices_sent": p.n.notices_sent, "notices_received": p.n.notices_received,
                 "drops": {DROP_REASONS[k]: p.n.drops[k] for k in range(N_DROPS) if p.n.drops[k]},
                 "filtered": p.n.filtered, "rcvbuf_overflow": p.n.overflow,
-                "rx_ring": p.sock.ring.map != NULL,
+                "rx_ring": p.sock.ring.map != NULL, "confirms": p.n.confirms,
                 "crossed": p.n.crossed,
                 "carrier": p.sock.carrier == 1, "carrier_source": CARRIER_SOURCES[p.sock.carrier_source],
                 "carrier_reads": p.n.carrier_reads, "carrier_ioctls": p.n.carrier_ioctls,
@@ -1561,19 +1596,21 @@ cdef class SessionModel:
     cdef Core *c
 
     def __cinit__(self, *, interval_ns, multiplier, recover_count, window=64, reply_timeout_ns=0,
-                  seq_start=1):
+                  seq_start=1, confirm_ns=0):
         _integer("interval_ns", interval_ns, 1, 60 * 10**9)
         _integer("multiplier", multiplier, 1, 1000)
         _integer("recover_count", recover_count, 1, 1000)
         _integer("window", window, 1, WINDOW_BITS)
         _integer("reply_timeout_ns", reply_timeout_ns, 0, interval_ns)
         _integer("seq_start", seq_start, 0, wire.U64_MAX)
+        _integer("confirm_ns", confirm_ns, 0, interval_ns)
         self.c = <Core *>calloc(1, sizeof(Core))
         if self.c == NULL:
             raise MemoryError()
         init_core(self.c, 1)
         self.c.interval_ns, self.c.multiplier, self.c.recover_count = interval_ns, multiplier, recover_count
         self.c.window, self.c.reply_timeout_ns, self.c.seq = window, reply_timeout_ns, seq_start
+        self.c.confirm_ns = confirm_ns
 
     def __dealloc__(self):
         if self.c != NULL:
@@ -1581,17 +1618,19 @@ cdef class SessionModel:
             free(self.c)
             self.c = NULL
 
-    def request(self, int64_t now):
-        """Sequence number of a request sent at ``now`` (0: none left); counts a pending miss."""
-        return session_request(self.c, 0, now)
+    def request(self, int64_t now, bint confirm=False):
+        """Sequence number of a request sent at ``now`` (0: nothing sent); counts a pending miss."""
+        return session_request(self.c, 0, now, confirm)
 
     def deadline(self):
         """When the outstanding request's miss counts (0: nothing pending)."""
         return self.c.paths[0].s.reply_deadline
 
     def overdue(self, int64_t now):
+        """Count the miss if the deadline has passed; True: send a confirmation request now."""
         if self.c.paths[0].s.reply_deadline and now >= self.c.paths[0].s.reply_deadline:
-            session_overdue(self.c, 0, now)
+            return session_overdue(self.c, 0, now)
+        return False
 
     def reply(self, uint64_t seq, uint64_t echo_seq, uint64_t echo_ns, int64_t now):
         """A reply frame (already authenticated) arrives: the drop reason or "ok"."""

@@ -17,7 +17,12 @@ What a session decides:
   highest seen; the first matching reply of a run closes the window below itself, so nothing the
   peer sent before this run proved it alive (a recording replayed now) is taken as new;
 * sequence numbers never wrap: an alarm when fewer than 2**32 are left, and none at all (nothing
-  is sent) once they are used up.
+  is sent) once they are used up;
+* with confirmation probing (``confirm_ns`` > 0, heartbeat.confirm_ms), a path believed up that
+  misses a reply is sent a confirmation request at once, which waits the RTT estimate (srtt + 4
+  rttvar, at least ``confirm_ns``, at most the interval) instead of a whole interval; scheduled
+  requests are not sent while it waits. So ``multiplier`` misses take one interval plus
+  (multiplier - 1) confirmation waits.
 """
 from __future__ import annotations
 
@@ -75,17 +80,20 @@ class ReplayWindow:
 
 class Session:
     def __init__(self, *, interval_ns: int, multiplier: int, recover_count: int, window: int = 64,
-                 reply_timeout_ns: int = 0, seq_start: int = 1):
+                 reply_timeout_ns: int = 0, seq_start: int = 1, confirm_ns: int = 0):
         for name, value, low, high in (("interval_ns", interval_ns, 1, 60 * 10**9),
                                        ("multiplier", multiplier, 1, 1000),
                                        ("recover_count", recover_count, 1, 1000),
                                        ("window", window, 1, WINDOW_BITS),
                                        ("reply_timeout_ns", reply_timeout_ns, 0, interval_ns),
-                                       ("seq_start", seq_start, 0, U64_MAX)):
+                                       ("seq_start", seq_start, 0, U64_MAX),
+                                       ("confirm_ns", confirm_ns, 0, interval_ns)):
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise ValueError(f"{name} {value!r} is outside [{low}, {high}]")
         self.interval_ns, self.multiplier, self.recover_count = interval_ns, multiplier, recover_count
         self.window, self.reply_timeout_ns, self.seq = window, reply_timeout_ns, seq_start
+        self.confirm_ns = confirm_ns
+        self.confirming = False
         self.state = UNKNOWN
         self.misses = self.oks = 0
         self.paused = self.heard = self.outstanding = False
@@ -143,28 +151,42 @@ class Session:
             t = max(t, REPLY_TIMEOUT_FLOOR_NS)
         return min(t, self.interval_ns)
 
-    def request(self, now: int) -> int:
-        if self._deadline:
-            self._overdue(now)
+    def confirm_wait(self) -> int:
+        t = self.srtt + 4 * self.rttvar if self.srtt > 0 else self.confirm_ns
+        return min(max(t, self.confirm_ns), self.interval_ns)
+
+    def request(self, now: int, confirm: bool = False) -> int:
+        if not confirm and self.confirming and self._deadline and now < self._deadline:
+            return 0  # a confirmation is waiting for its reply: it stands in for this request
+        if self._deadline and self._overdue(now):
+            confirm = True
         seq = self._next_seq(now)
         if seq == 0:
-            self.outstanding = False
+            self.outstanding = self.confirming = False
             return 0
-        self.outstanding, self.out_seq, self.sent_ns = True, seq, now
-        wait = self.reply_timeout() if self.misses + 1 >= self.multiplier else self.interval_ns
+        self.outstanding, self.confirming, self.out_seq, self.sent_ns = True, confirm, seq, now
+        if confirm:
+            wait = self.confirm_wait()
+        elif self.misses + 1 >= self.multiplier:
+            wait = self.reply_timeout()
+        else:
+            wait = self.interval_ns
         self._deadline = now + wait
         return seq
 
     def deadline(self) -> int:
         return self._deadline
 
-    def _overdue(self, now: int) -> None:
+    def _overdue(self, now: int) -> bool:
         self._deadline = 0
         self._miss(now)
+        return self.confirm_ns > 0 and self.state == SUSPECT
 
-    def overdue(self, now: int) -> None:
+    def overdue(self, now: int) -> bool:
+        """Count the miss if the deadline has passed; True: send a confirmation request now."""
         if self._deadline and now >= self._deadline:
-            self._overdue(now)
+            return self._overdue(now)
+        return False
 
     def reply(self, seq: int, echo_seq: int, echo_ns: int, now: int) -> str:
         code = self.win.check(seq, self.window)
@@ -174,7 +196,7 @@ class Session:
         if code != "ok":
             return code
         self.win.accept(seq)
-        self.outstanding, self._deadline = False, 0
+        self.outstanding, self.confirming, self._deadline = False, False, 0
         if not self.heard:
             self.heard = True
             self.win.close_below(seq)
@@ -203,6 +225,7 @@ class Session:
         self.paused = False
         self.state = UNKNOWN
         self.misses = self.oks = 0
+        self.confirming = False
 
     def drain(self) -> list[model.Event]:
         out, self.events = self.events, []

@@ -24,7 +24,8 @@ TOLERANCE_NS = 100_000_000  # generous: scheduling on a busy 2-core VM, nft star
 
 def node_config(tmp_path, node: str, peer: str, nics: tuple[str, str], *, poll_ms: float = 1.0,
                 quality_ms: float = 0.0, peer_macs: tuple[str, str] = ("", ""),
-                interval_ms: float = INTERVAL_MS, reply_timeout: str = '"auto"') -> config.Config:
+                interval_ms: float = INTERVAL_MS, reply_timeout: str = '"auto"',
+                confirm_ms: float = 0.0) -> config.Config:
     key_file = tmp_path / "heartbeat.key"
     if not key_file.exists():
         key_file.write_bytes(os.urandom(32).hex().encode())
@@ -46,6 +47,7 @@ interval_ms = {interval_ms}
 multiplier = {MULTIPLIER}
 reply_timeout_ms = {reply_timeout}
 recover_count = 3
+confirm_ms = {confirm_ms}
 key_file = "{key_file}"
 [link]
 poll_interval_ms = {poll_ms}
@@ -550,3 +552,26 @@ def test_a_nic_set_down_does_not_make_the_loop_spin(pair):
     share = (_thread_cpu_s(tid) - cpu0) / (time.monotonic() - t0)
     assert share < 0.5, f"probe loop used {share:.0%} of a core with its NIC down"
     a.wait(model.LinkDown, 0)
+
+
+def test_confirmation_probing_declares_a_blackhole_after_one_interval_and_short_waits(lab, tmp_path):
+    # 100 ms x 3 with 5 ms confirmations. The first request after the last reply goes up to an
+    # interval later and waits an interval (a slow reply alone never raises a suspect); then two
+    # confirmations of 5 ms: lost by 2 x 100 + 2 x 5 ms after the last reply, where the plain
+    # schedule takes 3 x 100 ms plus the reply timeout.
+    interval_ms, confirm_ms, slack_ns = 100.0, 5.0, 30_000_000
+    a, b = start_pair(lab, tmp_path, interval_ms=interval_ms, confirm_ms=confirm_ms)
+    try:
+        a.wait(model.HeartbeatRecovered, 0)
+        t0 = time.monotonic_ns()
+        labnet.drop_ingress(a.ns, "nic1")
+        lost = a.wait(model.HeartbeatLost, 0, after_ns=t0)
+        last_reply = a.stats(0)["last_reply_ns"]
+        assert lost.t_ns - last_reply <= (2 * interval_ms + 2 * confirm_ms) * 1e6 + slack_ns, \
+            (lost.t_ns - last_reply) / 1e6
+        assert a.stats(0)["confirms"] == 2
+        labnet.clear_ingress(a.ns, "nic1")
+        a.wait(model.HeartbeatRecovered, 0, after_ns=lost.t_ns)
+    finally:
+        a.prober.stop()
+        b.prober.stop()

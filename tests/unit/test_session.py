@@ -115,9 +115,48 @@ def test_sequence_exhaustion_is_an_alarm_never_a_reuse(impl):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
+def test_confirmation_probing_declares_lost_after_one_interval_and_short_waits(impl):
+    s = make(impl, confirm_ns=1 * MS)
+    now, peer = 0, 5000
+    for _ in range(3):
+        s.request(now)
+        peer += 1
+        assert answer(s, now, peer, rtt=100_000) == "ok"
+        now += 10 * MS
+    s.drain()
+    s.request(now)                        # the fault: this one is never answered
+    assert not s.overdue(now + 5 * MS)    # not yet due
+    first = now + 10 * MS
+    assert s.overdue(first)               # missed: suspect, and a confirmation goes at once
+    assert s.request(first, True) > 0
+    assert s.deadline() == first + 1 * MS  # the RTT estimate is below the 1 ms floor
+    assert s.request(first + 500_000) == 0  # the schedule waits for the confirmation
+    assert s.overdue(first + 1 * MS)
+    assert s.request(first + 1 * MS, True) > 0
+    assert not s.overdue(first + 2 * MS)  # the third miss: lost, no more confirmations
+    events = s.drain()
+    assert [type(e) for e in events] == [model.HeartbeatSuspect, model.HeartbeatLost]
+    assert events[1].t_ns == first + 2 * MS  # one interval and two waits, not three intervals
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_confirmation_answered_clears_the_path(impl):
+    s = make(impl, confirm_ns=1 * MS)
+    for k in range(3):
+        s.request(k * 10 * MS)
+        answer(s, k * 10 * MS, 100 + k)
+    s.request(30 * MS)
+    assert s.overdue(40 * MS) and s.request(40 * MS, True) > 0
+    assert answer(s, 40 * MS, 200) == "ok"
+    assert [type(e) for e in s.drain()][-2:] == [model.HeartbeatSuspect, model.HeartbeatCleared]
+    assert s.request(50 * MS) > 0 and s.deadline() == 60 * MS  # back on the schedule
+
+
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("bad", [dict(interval_ns=0), dict(multiplier=0), dict(recover_count=0),
                                  dict(window=0), dict(window=1025), dict(interval_ns=-1),
                                  dict(reply_timeout_ns=20 * MS), dict(seq_start=-1),
+                                 dict(confirm_ns=-1), dict(confirm_ns=11 * MS),
                                  dict(multiplier=2.5)])
 def test_bad_arguments_are_refused(impl, bad):
     with pytest.raises(ValueError):
@@ -144,10 +183,11 @@ class BothSessionsAgree(RuleBasedStateMachine):
 
     @initialize(multiplier=st.integers(1, 5), recover=st.integers(1, 4), window=st.integers(1, 1024),
                 timeout=st.sampled_from([0, 300_000, 2 * MS]),
-                start=st.sampled_from([1, 10**18, U64_MAX - (1 << 32) - 2, U64_MAX - 3]))
-    def setup(self, multiplier, recover, window, timeout, start):
+                start=st.sampled_from([1, 10**18, U64_MAX - (1 << 32) - 2, U64_MAX - 3]),
+                confirm=st.sampled_from([0, 0, 500_000, 3 * MS]))
+    def setup(self, multiplier, recover, window, timeout, start, confirm):
         kw = dict(interval_ns=10 * MS, multiplier=multiplier, recover_count=recover, window=window,
-                  reply_timeout_ns=timeout, seq_start=start)
+                  reply_timeout_ns=timeout, seq_start=start, confirm_ns=confirm)
         self.py, self.c = session.Session(**kw), _fastprobe.SessionModel(**kw)
         self.now = 0
         self.peer = 1 << 40
@@ -165,7 +205,8 @@ class BothSessionsAgree(RuleBasedStateMachine):
     @rule(dt=st.integers(0, 30 * MS))
     def overdue(self, dt):
         self.now += dt
-        self.both("overdue", self.now)
+        if self.both("overdue", self.now):
+            self.both("request", self.now, True)  # what the loop does: a confirmation at once
 
     @rule(rtt=st.integers(1_000, 12 * MS), step=st.integers(-3, 3), good=st.booleans())
     def reply(self, rtt, step, good):
