@@ -13,7 +13,8 @@ process (``ip netns exec``), both nodes with the same implementation, and node a
 * request/reply rate: a sweep of shrinking intervals on one path; the maximum is the highest
   reply rate with at least 99 % of requests answered;
 * the host's timer floor: a bare sleep loop on absolute deadlines, no I/O (Python's time.sleep;
-  clock_nanosleep from C, at normal priority and SCHED_FIFO), so the loops' own cost shows.
+  clock_nanosleep from C, bench/sleep_floor.c compiled at run time, at normal priority and
+  SCHED_FIFO), so the loops' own cost shows.
 
 The pure-Python loop speaks the same frames (hanet.frame) over the same AF_PACKET sockets and
 polls the carrier with the same ETHTOOL_GLINK ioctl; it waits in poll(2) with absolute deadlines,
@@ -224,19 +225,43 @@ def run_node(args) -> dict:
             "cpu_us_per_wakeup": round(1e6 * (cpu1 - cpu0) / (w1 - w0), 1) if w1 > w0 else None}
 
 
+def sleep_floor_program() -> str:
+    """bench/sleep_floor.c, compiled once per run into a temporary directory."""
+    global _SLEEP_FLOOR
+    if _SLEEP_FLOOR is None:
+        out = os.path.join(tempfile.mkdtemp(prefix="hanet-bench-"), "sleep_floor")
+        subprocess.run(["cc", "-O2", "-o", out, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                              "sleep_floor.c")], check=True)
+        _SLEEP_FLOOR = out
+    return _SLEEP_FLOOR
+
+
+_SLEEP_FLOOR: str | None = None
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def timer_floor(impl: str, period_ms: float, seconds: float) -> dict:
     count = int(seconds * 1000 / period_ms)
-    cpu0, t0 = cpu_seconds(), time.monotonic()
     if impl == "python":
+        cpu0, t0 = cpu_seconds(), time.monotonic()
         lags, deadline = [], time.monotonic_ns()
         for _ in range(count):
             deadline += int(period_ms * 1e6)
             time.sleep(max(0, deadline - time.monotonic_ns()) / 1e9)
             lags.append(time.monotonic_ns() - deadline)
+        cpu_s, wall_s = cpu_seconds() - cpu0, time.monotonic() - t0
     else:
-        from hanet import _fastprobe
-        lags = _fastprobe.sleep_lateness(period_ms, count, RT_PRIORITY if impl == "cython-fifo" else 0)
-    cpu_s, wall_s = cpu_seconds() - cpu0, time.monotonic() - t0
+        program = sleep_floor_program()
+        cpu0, t0 = children_cpu_seconds(), time.monotonic()
+        out = subprocess.run([program, str(period_ms), str(count),
+                              str(RT_PRIORITY if impl == "cython-fifo" else 0)],
+                             check=True, capture_output=True, text=True).stdout
+        cpu_s, wall_s = children_cpu_seconds() - cpu0, time.monotonic() - t0
+        lags = [int(line) for line in out.split()]
     return {**summary(lags), "cpu_percent": round(100 * cpu_s / wall_s, 2),
             "cpu_us_per_wakeup": round(1e6 * cpu_s / count, 1)}
 

@@ -2,181 +2,40 @@
 # distutils: libraries = crypto
 """Heartbeat hot path: AF_PACKET sockets, frame codec, HMAC check and the probe loop without the GIL.
 
-One thread serves every path. It sends requests on absolute CLOCK_MONOTONIC deadlines: each
-ppoll() waits until the next deadline, recomputed from the absolute time, so periods never drift
-(with 1 us timer slack this wakes as early as a timerfd would, without its extra syscalls). It
-answers the peer's requests, matches replies, reads each path's carrier bit with the
-ETHTOOL_GLINK ioctl, and queues only threshold events for Python, signalled through an eventfd.
-All shared state sits in one ``Core`` behind one mutex; the loop holds it except while it waits
-in ppoll(), so Python's calls (stats, drain, pause, notice, rebind) see a consistent snapshot and
-never wait longer than one loop pass.
+One thread serves every path. It sends requests on absolute CLOCK_MONOTONIC deadlines (each
+ppoll() waits until the next deadline, so periods never drift), answers the peer's requests,
+matches replies, watches each path's carrier through the kernel's lock-free carrier counters, and
+queues only threshold events for Python (hanet.model events), signalled through an eventfd.
 
-The frame layout is documented in hanet/frame.py (the pure-Python reference codec); the codec
-here must agree with it byte for byte.
+A path is made of named parts, each a struct below: its socket (``PathSocket``), its session
+with the peer (``Session``: misses, suspect, lost, recovered), the replay window over the peer's
+sequence numbers (``ReplayWindow``), its counters (``Counters``) and its sample rings
+(``Samples``). hanet/session.py is the same session logic in pure Python; one test suite runs
+against both (through ``SessionModel`` here).
+
+All shared state sits in one ``Core`` behind one mutex; the loop holds it except while it waits
+in ppoll() or reads a carrier through the kernel's locked ioctl, so Python's calls see a
+consistent snapshot and never wait longer than one loop pass.
+
+What a flood of frames costs is bounded four ways: a socket filter in the kernel lets through
+only frames that could be the peer's (hn_attach_filter in _fastprobe.h); frames that pass are
+read in place from a receive ring shared with the kernel (no system call per frame); the free
+checks come before the HMAC; and each pass reads a bounded number of frames a socket before the
+deadlines are served again, a pass that dropped frames making the next one wait COALESCE_NS so
+that a flood costs a wake-up per batch rather than per frame.
+
+The C helpers are in hanet/_fastprobe.h; the frame layout and its constants in hanet/wire.py.
 """
-from libc.stdint cimport uint8_t, uint16_t, uint64_t, int64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcpy, memset, memcmp, strncpy
 from libc.stdlib cimport calloc, free, malloc
 
+import math
+
+from hanet import model, wire
 from hanet.frame import Frame
 
-cdef extern from * nogil:
-    """
-    #include <errno.h>
-    #include <poll.h>
-    #include <pthread.h>
-    #include <sched.h>
-    #include <string.h>
-    #include <time.h>
-    #include <unistd.h>
-    #include <arpa/inet.h>
-    #include <net/if.h>
-    #include <netpacket/packet.h>
-    #include <sys/eventfd.h>
-    #include <sys/ioctl.h>
-    #include <sys/prctl.h>
-    #include <sys/socket.h>
-    #include <linux/ethtool.h>
-    #include <linux/sockios.h>
-    #include <openssl/core_names.h>
-    #include <openssl/crypto.h>
-    #include <openssl/evp.h>
-    #include <openssl/params.h>
-    #ifndef PACKET_IGNORE_OUTGOING
-    #define PACKET_IGNORE_OUTGOING 23
-    #endif
-
-    /* An HMAC-SHA256 context keyed once; NULL on failure. */
-    static EVP_MAC_CTX *hn_mac_new(const unsigned char *key, size_t key_len) {
-        EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-        EVP_MAC_CTX *ctx = mac ? EVP_MAC_CTX_new(mac) : NULL;
-        OSSL_PARAM params[] = {
-            OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
-            OSSL_PARAM_construct_end(),
-        };
-        EVP_MAC_free(mac);  /* the context holds its own reference */
-        if (ctx && !EVP_MAC_init(ctx, key, key_len, params)) {
-            EVP_MAC_CTX_free(ctx);
-            ctx = NULL;
-        }
-        return ctx;
-    }
-
-    /* HMAC of data truncated to out_len bytes. Re-initialising with a NULL key reuses the key
-       schedule computed once by hn_mac_new (a quarter of the cost of a one-shot HMAC()). */
-    static int hn_mac(EVP_MAC_CTX *ctx, const unsigned char *data, size_t n, unsigned char *out,
-                      size_t out_len) {
-        unsigned char digest[EVP_MAX_MD_SIZE];
-        size_t len = 0;
-        if (!EVP_MAC_init(ctx, NULL, 0, NULL) || !EVP_MAC_update(ctx, data, n)
-                || !EVP_MAC_final(ctx, digest, &len, sizeof digest) || len < out_len)
-            return 0;
-        memcpy(out, digest, out_len);
-        return 1;
-    }
-
-    /* Carrier bit of ifname: 1/0, or -errno (-ENODEV once the interface is gone). */
-    static int hn_carrier(int fd, const char *ifname) {
-        struct ethtool_value ev = { .cmd = ETHTOOL_GLINK, .data = 0 };
-        struct ifreq ifr;
-        memset(&ifr, 0, sizeof ifr);
-        strncpy(ifr.ifr_name, ifname, IFNAMSIZ - 1);
-        ifr.ifr_data = (char *)&ev;
-        if (ioctl(fd, SIOCETHTOOL, &ifr) < 0)
-            return -errno;
-        return ev.data ? 1 : 0;
-    }
-
-    static int64_t hn_clock_ns(clockid_t clock) {
-        struct timespec ts;
-        clock_gettime(clock, &ts);
-        return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-    }
-
-    /* A received frame, its sender address and kernel receive time (CLOCK_REALTIME ns, 0 if
-       none). len is the frame's full length even when longer than data (MSG_TRUNC). */
-    #define HN_BATCH 16
-    typedef struct {
-        unsigned char data[128];
-        struct sockaddr_ll from;
-        int64_t rx_realtime_ns;
-        ssize_t len;
-    } hn_datagram;
-
-    /* Up to HN_BATCH queued frames in one recvmmsg() without blocking: the count, or -errno. */
-    static int hn_recv_batch(int fd, hn_datagram *d) {
-        struct mmsghdr msgs[HN_BATCH];
-        struct iovec iov[HN_BATCH];
-        char control[HN_BATCH][CMSG_SPACE(sizeof(struct timespec))];
-        memset(msgs, 0, sizeof msgs);
-        for (int i = 0; i < HN_BATCH; i++) {
-            iov[i].iov_base = d[i].data;
-            iov[i].iov_len = sizeof d[i].data;
-            msgs[i].msg_hdr.msg_name = &d[i].from;
-            msgs[i].msg_hdr.msg_namelen = sizeof d[i].from;
-            msgs[i].msg_hdr.msg_iov = &iov[i];
-            msgs[i].msg_hdr.msg_iovlen = 1;
-            msgs[i].msg_hdr.msg_control = control[i];
-            msgs[i].msg_hdr.msg_controllen = sizeof control[i];
-        }
-        int got = recvmmsg(fd, msgs, HN_BATCH, MSG_DONTWAIT | MSG_TRUNC, NULL);
-        if (got < 0)
-            return -errno;
-        for (int i = 0; i < got; i++) {
-            struct msghdr *msg = &msgs[i].msg_hdr;
-            d[i].len = msgs[i].msg_len;
-            d[i].rx_realtime_ns = 0;
-            for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c; c = CMSG_NXTHDR(msg, c)) {
-                if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SO_TIMESTAMPNS) {
-                    struct timespec ts;
-                    memcpy(&ts, CMSG_DATA(c), sizeof ts);
-                    d[i].rx_realtime_ns = (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-                }
-            }
-        }
-        return got;
-    }
-
-    /* Wait for fds until the absolute CLOCK_MONOTONIC deadline. */
-    static int hn_wait(struct pollfd *fds, int n, int64_t deadline_ns) {
-        struct timespec now, tmo;
-        int64_t left;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        left = deadline_ns - ((int64_t)now.tv_sec * 1000000000LL + now.tv_nsec);
-        if (left < 0)
-            left = 0;
-        tmo.tv_sec = left / 1000000000LL;
-        tmo.tv_nsec = left % 1000000000LL;
-        return ppoll(fds, n, &tmo, NULL);
-    }
-
-    /* Lateness (ns) of count clock_nanosleep() wake-ups on absolute period_ns deadlines. */
-    static void hn_sleep_lateness(int64_t period_ns, int count, int64_t *out) {
-        int64_t deadline = hn_clock_ns(CLOCK_MONOTONIC);
-        for (int i = 0; i < count; i++) {
-            struct timespec ts;
-            deadline += period_ns;
-            ts.tv_sec = deadline / 1000000000LL;
-            ts.tv_nsec = deadline % 1000000000LL;
-            while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
-                ;
-            out[i] = hn_clock_ns(CLOCK_MONOTONIC) - deadline;
-        }
-    }
-
-    /* SCHED_FIFO at priority for the calling thread: 0, or the errno. */
-    static int hn_realtime(int priority) {
-        struct sched_param sp = { .sched_priority = priority };
-        return pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp);
-    }
-
-    static void hn_normal_priority(void) {
-        struct sched_param sp = { .sched_priority = 0 };
-        pthread_setschedparam(pthread_self(), SCHED_OTHER, &sp);
-    }
-
-
-    """
+cdef extern from "_fastprobe.h" nogil:
     ctypedef int clockid_t
     ctypedef unsigned int socklen_t
     ctypedef struct pthread_mutex_t:
@@ -203,29 +62,66 @@ cdef extern from * nogil:
         short events
         short revents
 
-    int hn_carrier(int fd, const char *ifname)
-    enum: HN_BATCH
+    enum:
+        HN_VERSION
+        HN_KIND_REQUEST
+        HN_KIND_REPLY
+        HN_KIND_NOTICE
+        HN_NODE_ID_LEN
+        HN_MAC_LEN
+        HN_BODY_LEN
+        HN_FRAME_LEN
+        HN_OFF_KIND
+        HN_OFF_PATH
+        HN_OFF_ACTIVE
+        HN_OFF_NODE_ID
+        HN_OFF_SEQ
+        HN_OFF_SEND_NS
+        HN_OFF_ECHO_SEQ
+        HN_OFF_ECHO_NS
+        HN_BATCH
+
+    ctypedef struct hn_ring:
+        uint8_t *map
+
     ctypedef struct hn_datagram:
         unsigned char data[128]
         sockaddr_ll frm "from"
         int64_t rx_realtime_ns
         ssize_t len
-    int hn_recv_batch(int fd, hn_datagram *d)
+
+    EVP_MAC_CTX *hn_mac_new(const unsigned char *key, size_t key_len)
+    int hn_mac(EVP_MAC_CTX *ctx, const unsigned char *data, size_t n, unsigned char *out, size_t out_len)
+    int64_t hn_clock_ns(clockid_t clock)
     int hn_wait(pollfd *fds, int n, int64_t deadline_ns)
     int hn_realtime(int priority)
-    void hn_sleep_lateness(int64_t period_ns, int count, int64_t *out)
-    void hn_normal_priority()
-    int64_t hn_clock_ns(clockid_t clock)
+    int hn_filtered_socket(int ifindex, uint16_t ethertype, const uint8_t *peer_id,
+                           const uint8_t (*macs)[6], int nmacs, int invert, hn_ring *ring,
+                           int ring_bytes)
+    int hn_open_filter_counter(int ifindex, uint16_t ethertype, const uint8_t *peer_id,
+                               const uint8_t (*macs)[6], int nmacs)
+    int hn_set_rcvbuf(int fd, int nbytes)
+    int hn_packet_stats(int fd, uint64_t *packets, uint64_t *drops)
+    int hn_recv_batch(int fd, hn_datagram *d, int maxn)
+    int hn_ring_open(int fd, hn_ring *r, int nbytes)
+    void hn_ring_close(hn_ring *r)
+    int hn_ring_next(hn_ring *r, const uint8_t **data, ssize_t *len, sockaddr_ll **frm,
+                     int64_t *rx_realtime_ns)
+    void hn_ring_done(hn_ring *r)
+    int hn_clear_error(int fd)
+    int hn_carrier_ioctl(int fd, const char *ifname)
+    int hn_sysfs_open(const char *ifname, int ifindex, int fds[3])
+    int hn_carrier_counters(const int fds[3])
 
     int errno
     int ENODEV
     clockid_t CLOCK_MONOTONIC, CLOCK_REALTIME
-    short POLLIN
-    int AF_INET, AF_PACKET, SOCK_DGRAM, SOCK_NONBLOCK, SOCK_CLOEXEC
+    short POLLIN, POLLERR
+    int AF_INET, SOCK_DGRAM, SOCK_CLOEXEC
     int SOL_SOCKET, SO_TIMESTAMPNS, SOL_PACKET, PACKET_ADD_MEMBERSHIP, PACKET_MR_MULTICAST
-    int PACKET_IGNORE_OUTGOING, PACKET_OUTGOING
+    int AF_PACKET, PACKET_OUTGOING
     int EFD_NONBLOCK, EFD_CLOEXEC
-    int PR_SET_TIMERSLACK, PR_GET_TIMERSLACK
+    int PR_SET_TIMERSLACK
 
     int pthread_mutex_init(pthread_mutex_t *m, void *attr)
     int pthread_mutex_destroy(pthread_mutex_t *m)
@@ -237,32 +133,29 @@ cdef extern from * nogil:
     ssize_t write(int fd, const void *buf, size_t n)
     int close(int fd)
     int socket(int domain, int kind, int protocol)
-    int bind(int fd, const sockaddr *addr, socklen_t len)
     int setsockopt(int fd, int level, int name, const void *value, socklen_t len)
     ssize_t sendto(int fd, const void *buf, size_t n, int flags, const sockaddr *addr, socklen_t len)
     uint16_t htons(uint16_t v)
     unsigned int if_nametoindex(const char *name)
     char *strerror(int errnum)
     void qsort(void *base, size_t n, size_t size, int (*cmp)(const void *, const void *) noexcept nogil)
-
-    EVP_MAC_CTX *hn_mac_new(const unsigned char *key, size_t key_len)
-    int hn_mac(EVP_MAC_CTX *ctx, const unsigned char *data, size_t n, unsigned char *out, size_t out_len)
     void EVP_MAC_CTX_free(EVP_MAC_CTX *ctx)
     int CRYPTO_memcmp(const void *a, const void *b, size_t n)
 
 
 # --------------------------------------------------------------------------- frame codec
 cdef enum:
-    VERSION = 1
-    KIND_REQUEST = 1
-    KIND_REPLY = 2
-    KIND_NOTICE = 3
-    NODE_ID_LEN = 16
-    MAC_LEN = 16
-    BODY_LEN = 52
-    FRAME_LEN = 68
+    VERSION = HN_VERSION
+    KIND_REQUEST = HN_KIND_REQUEST
+    KIND_REPLY = HN_KIND_REPLY
+    KIND_NOTICE = HN_KIND_NOTICE
+    NODE_ID_LEN = HN_NODE_ID_LEN
+    MAC_LEN = HN_MAC_LEN
+    BODY_LEN = HN_BODY_LEN
+    FRAME_LEN = HN_FRAME_LEN
 
-# Drop reasons, in counter order. The first five come from the stateless decode.
+# Drop reasons, in counter order (hanet.wire.DROP_REASONS). The first five come from the
+# stateless decode.
 cdef enum:
     DROP_SHORT = 0
     DROP_LONG
@@ -275,14 +168,30 @@ cdef enum:
     DROP_REPLAY
     DROP_STALE
     DROP_LATE
+    DROP_UNHEARD
     N_DROPS
     FRAME_OK = -1
 
-DROP_REASONS = ("short", "long", "version", "auth", "kind", "node", "path", "src_mac", "replay",
-                "stale", "late")
+DROP_REASONS = wire.DROP_REASONS
+
+
+def _check_constants():
+    """The C side must speak hanet.wire's frame: refuse to load otherwise."""
+    ours = {"VERSION": VERSION, "KIND_REQUEST": KIND_REQUEST, "KIND_REPLY": KIND_REPLY,
+            "KIND_NOTICE": KIND_NOTICE, "NODE_ID_LEN": NODE_ID_LEN, "MAC_LEN": MAC_LEN,
+            "BODY_LEN": BODY_LEN, "FRAME_LEN": FRAME_LEN, "OFF_KIND": HN_OFF_KIND,
+            "OFF_PATH": HN_OFF_PATH, "OFF_ACTIVE": HN_OFF_ACTIVE, "OFF_NODE_ID": HN_OFF_NODE_ID,
+            "OFF_SEQ": HN_OFF_SEQ, "OFF_SEND_NS": HN_OFF_SEND_NS, "OFF_ECHO_SEQ": HN_OFF_ECHO_SEQ,
+            "OFF_ECHO_NS": HN_OFF_ECHO_NS}
+    wrong = {k: v for k, v in ours.items() if getattr(wire, k) != v}
+    if wrong or len(wire.DROP_REASONS) != N_DROPS:
+        raise ImportError(f"hanet._fastprobe was built for another frame layout: {wrong}")
+
+
+_check_constants()
 
 cdef uint8_t GROUP_MAC[6]
-GROUP_MAC[:] = [0x03, 0x68, 0x61, 0x6e, 0x65, 0x74]  # "\x03hanet", locally administered multicast
+GROUP_MAC[:] = list(wire.GROUP_MAC)
 
 cdef struct Parsed:
     int kind
@@ -290,9 +199,9 @@ cdef struct Parsed:
     int active
     uint8_t node_id[NODE_ID_LEN]
     uint64_t seq
-    int64_t send_ns
+    uint64_t send_ns
     uint64_t echo_seq
-    int64_t echo_ns
+    uint64_t echo_ns
 
 
 cdef inline void put_u64(uint8_t *p, uint64_t v) noexcept nogil:
@@ -310,24 +219,23 @@ cdef inline uint64_t get_u64(const uint8_t *p) noexcept nogil:
 
 
 cdef void build_frame(uint8_t *out, EVP_MAC_CTX *mac, int kind, int path, int active,
-                      const uint8_t *node_id, uint64_t seq, int64_t send_ns, uint64_t echo_seq,
-                      int64_t echo_ns) noexcept nogil:
+                      const uint8_t *node_id, uint64_t seq, uint64_t send_ns, uint64_t echo_seq,
+                      uint64_t echo_ns) noexcept nogil:
     out[0] = VERSION
-    out[1] = <uint8_t>kind
-    out[2] = <uint8_t>path
-    out[3] = <uint8_t>active
-    memcpy(out + 4, node_id, NODE_ID_LEN)
-    put_u64(out + 20, seq)
-    put_u64(out + 28, <uint64_t>send_ns)
-    put_u64(out + 36, echo_seq)
-    put_u64(out + 44, <uint64_t>echo_ns)
+    out[HN_OFF_KIND] = <uint8_t>kind
+    out[HN_OFF_PATH] = <uint8_t>path
+    out[HN_OFF_ACTIVE] = <uint8_t>active
+    memcpy(out + HN_OFF_NODE_ID, node_id, NODE_ID_LEN)
+    put_u64(out + HN_OFF_SEQ, seq)
+    put_u64(out + HN_OFF_SEND_NS, send_ns)
+    put_u64(out + HN_OFF_ECHO_SEQ, echo_seq)
+    put_u64(out + HN_OFF_ECHO_NS, echo_ns)
     if not hn_mac(mac, out, BODY_LEN, out + BODY_LEN, MAC_LEN):
         memset(out + BODY_LEN, 0, MAC_LEN)  # cannot happen with a working libcrypto; peer drops it
 
 
-cdef int parse_frame(EVP_MAC_CTX *mac, const uint8_t *data, ssize_t n, Parsed *f) noexcept nogil:
-    """FRAME_OK with ``f`` filled, or the drop reason. Authenticates before reading any field."""
-    cdef uint8_t expect[MAC_LEN]
+cdef int check_shape(const uint8_t *data, ssize_t n) noexcept nogil:
+    """The free checks of the stateless decode: length, version, kind."""
     if n < 1:
         return DROP_SHORT
     if data[0] != VERSION:
@@ -336,18 +244,35 @@ cdef int parse_frame(EVP_MAC_CTX *mac, const uint8_t *data, ssize_t n, Parsed *f
         return DROP_SHORT
     if n > FRAME_LEN:
         return DROP_LONG
-    if not hn_mac(mac, data, BODY_LEN, expect, MAC_LEN) or CRYPTO_memcmp(expect, data + BODY_LEN, MAC_LEN) != 0:
-        return DROP_AUTH
-    if data[1] < KIND_REQUEST or data[1] > KIND_NOTICE:
+    if data[HN_OFF_KIND] < KIND_REQUEST or data[HN_OFF_KIND] > KIND_NOTICE:
         return DROP_KIND
-    f.kind = data[1]
-    f.path = data[2]
-    f.active = data[3]
-    memcpy(f.node_id, data + 4, NODE_ID_LEN)
-    f.seq = get_u64(data + 20)
-    f.send_ns = <int64_t>get_u64(data + 28)
-    f.echo_seq = get_u64(data + 36)
-    f.echo_ns = <int64_t>get_u64(data + 44)
+    return FRAME_OK
+
+
+cdef inline bint authentic(EVP_MAC_CTX *mac, const uint8_t *data) noexcept nogil:
+    cdef uint8_t expect[MAC_LEN]
+    return hn_mac(mac, data, BODY_LEN, expect, MAC_LEN) and CRYPTO_memcmp(expect, data + BODY_LEN, MAC_LEN) == 0
+
+
+cdef void read_fields(const uint8_t *data, Parsed *f) noexcept nogil:
+    f.kind = data[HN_OFF_KIND]
+    f.path = data[HN_OFF_PATH]
+    f.active = data[HN_OFF_ACTIVE]
+    memcpy(f.node_id, data + HN_OFF_NODE_ID, NODE_ID_LEN)
+    f.seq = get_u64(data + HN_OFF_SEQ)
+    f.send_ns = get_u64(data + HN_OFF_SEND_NS)
+    f.echo_seq = get_u64(data + HN_OFF_ECHO_SEQ)
+    f.echo_ns = get_u64(data + HN_OFF_ECHO_NS)
+
+
+cdef int parse_frame(EVP_MAC_CTX *mac, const uint8_t *data, ssize_t n, Parsed *f) noexcept nogil:
+    """FRAME_OK with ``f`` filled, or the drop reason. Authenticates before reading any field."""
+    cdef int code = check_shape(data, n)
+    if code != FRAME_OK:
+        return code
+    if not authentic(mac, data):
+        return DROP_AUTH
+    read_fields(data, f)
     return FRAME_OK
 
 
@@ -358,15 +283,27 @@ cdef EVP_MAC_CTX *keyed_mac(bytes key) except NULL:
     return mac
 
 
+def _field(frame, str name, object top):
+    value = getattr(frame, name)
+    if not isinstance(value, int) or not 0 <= value <= top:
+        raise ValueError(f"{name} {value!r} is not 0..{top}")
+    return value
+
+
 def encode(bytes key, frame):
-    """The frame's bytes (same contract as hanet.frame.encode)."""
+    """The frame's bytes (same contract as hanet.frame.encode: ValueError for a field out of range)."""
     cdef uint8_t out[FRAME_LEN]
     cdef bytes node_id = frame.node_id
+    cdef int kind = _field(frame, "kind", wire.U8_MAX), path = _field(frame, "path", wire.U8_MAX)
+    cdef int active = _field(frame, "active", wire.U8_MAX)
+    cdef uint64_t seq = _field(frame, "seq", wire.U64_MAX)
+    cdef uint64_t send_ns = _field(frame, "send_ns", wire.U64_MAX)
+    cdef uint64_t echo_seq = _field(frame, "echo_seq", wire.U64_MAX)
+    cdef uint64_t echo_ns = _field(frame, "echo_ns", wire.U64_MAX)
     if len(node_id) != NODE_ID_LEN:
         raise ValueError(f"node_id must be {NODE_ID_LEN} bytes")
     cdef EVP_MAC_CTX *mac = keyed_mac(key)
-    build_frame(out, mac, frame.kind, frame.path, frame.active, node_id, frame.seq,
-                frame.send_ns, frame.echo_seq, frame.echo_ns)
+    build_frame(out, mac, kind, path, active, node_id, seq, send_ns, echo_seq, echo_ns)
     EVP_MAC_CTX_free(mac)
     return out[:FRAME_LEN]
 
@@ -389,13 +326,28 @@ def decode(bytes key, const uint8_t[:] data not None):
 cdef enum:
     MAX_PATHS = 8
     SAMPLES = 4096          # RTT and send-lag samples kept per path (a ring)
-    EVENT_QUEUE = 16384     # threshold events waiting for drain()
+    EVENT_QUEUE = 4096      # threshold events waiting for drain()
     WINDOW_BITS = 1024      # replay window bitmap; config caps heartbeat.replay_window here
     WINDOW_WORDS = 16
-    RECV_BATCHES = 4        # recvmmsg() calls per socket per wake, so one busy path cannot starve others
+    RECV_BUDGET = 64        # frames read from one socket per loop pass: the deadlines come first
+    RING_BUDGET = 512       # the same from a receive ring, where a frame costs no system call
+    BUSY_FRAMES = 16        # a pass that read this many frames, or dropped any, makes the next
+    COALESCE_NS = 100000    # wait this long before reading: under a flood, one wake-up reads a
+                            # batch, not one frame (genuine traffic is a few frames an interval)
     NOTICE_COPIES = 3
     NOTICE_GAP_NS = 2000000
     REPLY_TIMEOUT_FLOOR_NS = 250000   # the adaptive reply timeout never goes below 250 us
+    CARRIER_NONE = 0
+    CARRIER_COUNTERS = 1    # lock-free sysfs counters, read in the loop
+    CARRIER_IOCTL = 2       # ETHTOOL_GLINK (RTNL), read outside the core lock
+
+# Sequence numbers never wrap: below SEQ_LOW_MARK left the prober raises an alarm once, and at
+# the end of the space it stops sending rather than reuse a number.
+cdef uint64_t SEQ_MAX = 0xFFFFFFFFFFFFFFFFULL
+cdef uint64_t SEQ_LOW_MARK = 1ULL << 32
+
+STATES = ("unknown", "up", "suspect", "lost")
+CARRIER_SOURCES = ("none", "counters", "ioctl")
 
 cdef enum:
     STATE_UNKNOWN = 0
@@ -403,54 +355,70 @@ cdef enum:
     STATE_SUSPECT
     STATE_LOST
 
-STATES = ("unknown", "up", "suspect", "lost")
-
-cpdef enum EventKind:  # also visible from Python, for hanet.probe to map to hanet.model
+cdef enum EventKind:
     EV_SUSPECT = 1
-    EV_LOST = 2
-    EV_CLEARED = 3
-    EV_RECOVERED = 4
-    EV_LINK_DOWN = 5
-    EV_LINK_UP = 6
-    EV_NOTICE = 7
-    EV_QUALITY = 8
+    EV_LOST
+    EV_CLEARED
+    EV_RECOVERED
+    EV_LINK_DOWN
+    EV_LINK_UP
+    EV_NOTICE
+    EV_QUALITY
+    EV_CROSSED
+    EV_SEQ_LOW
 
 cdef struct Event:
     int kind
     int path
     int64_t t_ns
-    int64_t a
-    int64_t b
-    int64_t c
-    int64_t d
+    int64_t misses
+    int64_t first_miss_ns
+    int64_t send_lag_max_ns
+    int64_t recv_delay_max_ns
+    int64_t rtt_ns
+    int64_t replies
+    int64_t active
+    uint64_t peer_seq
+    int64_t loss_ppm
+    int64_t rtt_p50_ns
+    int64_t rtt_p99_ns
+    int64_t peer_path
+    uint64_t remaining
 
-cdef struct Path:
-    int fd                  # -1 while the interface is gone and not yet rebound
+cdef struct PathSocket:
+    int fd                  # the path's filtered AF_PACKET socket; -1 while the NIC is gone
+    hn_ring ring            # its receive ring (map NULL: read with recvmmsg instead)
+    int count_fd            # the socket that counts what the filter refuses (never read)
     int ifindex
     char ifname[16]
-    uint8_t peer_mac[6]
-    bint check_peer_mac
-    int carrier             # last polled carrier bit
-    # prober
-    int64_t next_send
+    int sysfs[3]            # carrier_up_count, carrier_down_count, flags; -1 when not open
+    int carrier_source      # CARRIER_COUNTERS or CARRIER_IOCTL
+    int carrier             # last carrier bit read
+
+cdef struct Session:
+    int state
+    int misses
+    int oks
+    bint paused
+    bint heard              # a reply to a request of this run has arrived
+    int peer_path           # the peer's path byte last heard here; -1 before any
+    int64_t first_miss_ns
     bint outstanding        # a reply to out_seq is still accepted (until the next request)
+    bint confirming         # out_seq is a confirmation request (heartbeat.confirm_ms)
     uint64_t out_seq
     int64_t out_sent_ns
     int64_t reply_deadline  # when out_seq's miss counts; 0 once it is answered or counted
     int64_t srtt            # smoothed RTT and its mean deviation (RFC 6298), for the auto timeout
     int64_t rttvar
-    int state
-    int misses
-    int oks
-    bint paused
-    int64_t first_miss_ns
-    int64_t win_send_lag_max   # lag maxima since the last reply in steady state or last event
+    int64_t win_send_lag_max    # lag maxima since the last reply in steady state or last event
     int64_t win_recv_delay_max
-    # replay window over the peer's sequence numbers
-    bint rx_have
-    uint64_t rx_top
-    uint64_t rx_bits[WINDOW_WORDS]
-    # counters
+
+cdef struct ReplayWindow:
+    bint have
+    uint64_t top
+    uint64_t bits[WINDOW_WORDS]
+
+cdef struct Counters:
     uint64_t sent
     uint64_t received
     uint64_t answered
@@ -458,6 +426,15 @@ cdef struct Path:
     uint64_t notices_sent
     uint64_t notices_received
     uint64_t drops[N_DROPS]
+    uint64_t filtered           # refused by the kernel filter (counting socket)
+    uint64_t taken              # passed the kernel filter (PACKET_STATISTICS of the path socket)
+    uint64_t overflow           # passed the filter but found the receive buffer full
+    uint64_t carrier_reads
+    uint64_t carrier_ioctls
+    uint64_t crossed            # times the peer's path heard here changed to another path
+    uint64_t confirms           # confirmation requests sent
+
+cdef struct Samples:
     int64_t rtt[SAMPLES]
     uint64_t rtt_n
     int64_t rtt_max
@@ -465,17 +442,29 @@ cdef struct Path:
     int64_t lag[SAMPLES]
     uint64_t lag_n
     int64_t lag_max
-    # peer notice
-    int notice_left
-    int notice_active
-    uint64_t notice_id
-    int64_t notice_next
-    bint rx_notice_have
-    uint64_t rx_notice_id
-    # quality window
-    int64_t q_next
-    uint64_t q_sent0
-    uint64_t q_received0
+
+cdef struct Notice:
+    int left
+    int active
+    uint64_t id
+    int64_t next
+    bint rx_have
+    uint64_t rx_id
+
+cdef struct Quality:
+    int64_t next
+    uint64_t sent0
+    uint64_t received0
+
+cdef struct Path:
+    PathSocket sock
+    Session s
+    ReplayWindow win
+    Counters n
+    Samples smp
+    Notice notice
+    Quality q
+    int64_t next_send
 
 cdef struct Core:
     pthread_mutex_t lock
@@ -488,8 +477,12 @@ cdef struct Core:
     EVP_MAC_CTX *mac        # keyed with heartbeat.key
     uint8_t node_id[NODE_ID_LEN]
     uint8_t peer_id[NODE_ID_LEN]
+    uint8_t peer_macs[MAX_PATHS][6]   # accepted source MACs: any of the peer's NICs
+    int npeer_macs
+    int rcvbuf_bytes
     int64_t interval_ns
     int64_t reply_timeout_ns  # 0: adaptive, srtt + 4 rttvar within [floor, interval]
+    int64_t confirm_ns      # confirmation probing's floor; 0: off
     int64_t poll_ns
     int64_t quality_ns
     int multiplier
@@ -497,8 +490,13 @@ cdef struct Core:
     int window
     int rt_priority         # SCHED_FIFO priority of the loop thread; 0 = normal scheduling
     int rt_error            # errno of setting it, 0 if it took (or was not asked for)
-    uint64_t seq
+    uint64_t seq            # last sequence number used
+    bint seq_low_told
+    bint seq_out_told
+    uint64_t seq_refused    # frames not sent for want of sequence numbers
+    uint64_t pass_drops     # frames dropped in the current loop pass
     int64_t next_poll
+    bint ioctl_poll_due
     Path paths[MAX_PATHS]
     Event events[EVENT_QUEUE]
     uint64_t ev_head
@@ -512,7 +510,8 @@ cdef inline int64_t mono_ns() noexcept nogil:
 
 cdef inline void wake(int fd) noexcept nogil:
     cdef uint64_t one = 1
-    write(fd, &one, 8)
+    if fd >= 0:
+        write(fd, &one, 8)
 
 
 cdef inline void drain_fd(int fd) noexcept nogil:
@@ -520,134 +519,212 @@ cdef inline void drain_fd(int fd) noexcept nogil:
     read(fd, &value, 8)
 
 
-cdef int open_path_socket(const char *ifname, uint16_t ethertype, int *ifindex) noexcept nogil:
-    """A bound, group-joined AF_PACKET socket on ``ifname``, or -errno."""
-    cdef sockaddr_ll addr
-    cdef packet_mreq mreq
-    cdef int one = 1
-    cdef int err
-    cdef int idx = if_nametoindex(ifname)
-    if idx == 0:
-        return -errno
-    # Protocol 0 until bound, so no other interface's frames slip in before bind().
-    cdef int fd = socket(AF_PACKET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
-    if fd < 0:
-        return -errno
-    memset(&addr, 0, sizeof(addr))
-    addr.sll_family = AF_PACKET
-    addr.sll_protocol = htons(ethertype)
-    addr.sll_ifindex = idx
-    memset(&mreq, 0, sizeof(mreq))
-    mreq.mr_ifindex = idx
-    mreq.mr_type = PACKET_MR_MULTICAST
-    mreq.mr_alen = 6
-    memcpy(mreq.mr_address, GROUP_MAC, 6)
-    if (bind(fd, <sockaddr *>&addr, sizeof(addr)) < 0
-            or setsockopt(fd, SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mreq, sizeof(mreq)) < 0
-            or setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(one)) < 0):
-        err = errno
-        close(fd)
-        return -err
-    # Our own transmissions are not input (kernels before 4.20 lack it; receive() filters too).
-    setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof(one))
-    ifindex[0] = idx
-    return fd
-
-
-cdef void push_event(Core *c, int kind, int path, int64_t t_ns, int64_t a, int64_t b, int64_t cc,
-                     int64_t d) noexcept nogil:
+# --------------------------------------------------------------------------- events
+cdef Event *new_event(Core *c, int kind, int path, int64_t t_ns) noexcept nogil:
+    """A zeroed slot at the queue's tail (NULL and counted when the queue is full)."""
     cdef Event *e
     if c.ev_tail - c.ev_head >= EVENT_QUEUE:
         c.ev_overflow += 1
-        return
+        return NULL
     e = &c.events[c.ev_tail % EVENT_QUEUE]
-    e.kind, e.path, e.t_ns, e.a, e.b, e.c, e.d = kind, path, t_ns, a, b, cc, d
+    memset(e, 0, sizeof(Event))
+    e.kind, e.path, e.t_ns = kind, path, t_ns
     c.ev_tail += 1
     wake(c.event_fd)
+    return e
 
 
-cdef void threshold_event(Core *c, int i, int kind, int64_t t_ns, int64_t a, int64_t b, int64_t cc,
-                          int64_t d) noexcept nogil:
-    if not c.paths[i].paused:
-        push_event(c, kind, i, t_ns, a, b, cc, d)
+cdef Event *path_event(Core *c, int i, int kind, int64_t t_ns) noexcept nogil:
+    """A session event of path ``i``; none while the path is paused."""
+    if c.paths[i].s.paused:
+        return NULL
+    return new_event(c, kind, i, t_ns)
 
 
-cdef inline void reset_window(Path *p) noexcept nogil:
-    p.win_send_lag_max = 0
-    p.win_recv_delay_max = 0
+cdef object event_object(Event *e, list names):
+    """The hanet.model event of a queued C event."""
+    cdef int k = e.kind
+    if k == EV_SUSPECT:
+        return model.HeartbeatSuspect(t_ns=e.t_ns, path=e.path, misses=e.misses,
+                                      send_lag_max_ns=e.send_lag_max_ns,
+                                      recv_delay_max_ns=e.recv_delay_max_ns)
+    if k == EV_LOST:
+        return model.HeartbeatLost(t_ns=e.t_ns, path=e.path, misses=e.misses,
+                                   first_miss_ns=e.first_miss_ns, send_lag_max_ns=e.send_lag_max_ns,
+                                   recv_delay_max_ns=e.recv_delay_max_ns)
+    if k == EV_CLEARED:
+        return model.HeartbeatCleared(t_ns=e.t_ns, path=e.path, rtt_ns=e.rtt_ns)
+    if k == EV_RECOVERED:
+        return model.HeartbeatRecovered(t_ns=e.t_ns, path=e.path, replies=e.replies, rtt_ns=e.rtt_ns)
+    if k == EV_LINK_DOWN:
+        return model.LinkDown(t_ns=e.t_ns, path=e.path, source="poll")
+    if k == EV_LINK_UP:
+        return model.LinkUp(t_ns=e.t_ns, path=e.path, source="poll")
+    if k == EV_NOTICE:
+        return model.PeerNotice(t_ns=e.t_ns, path=e.path, active=e.active, peer_seq=e.peer_seq)
+    if k == EV_QUALITY:
+        return model.PathQuality(t_ns=e.t_ns, path=e.path, loss_ppm=e.loss_ppm,
+                                 rtt_p50_ns=e.rtt_p50_ns, rtt_p99_ns=e.rtt_p99_ns)
+    if k == EV_CROSSED:
+        return model.PathCrossed(t_ns=e.t_ns, path=e.path, peer_path=e.peer_path)
+    if k == EV_SEQ_LOW:
+        return model.SequenceLow(t_ns=e.t_ns, remaining=e.remaining)
+    raise ValueError(f"unknown probe event kind {k}")
 
 
-cdef void send_frame(Core *c, int i, int kind, int active, uint64_t seq, int64_t send_ns,
-                     uint64_t echo_seq, int64_t echo_ns) noexcept nogil:
-    cdef Path *p = &c.paths[i]
-    cdef uint8_t buf[FRAME_LEN]
-    cdef sockaddr_ll dst
-    if p.fd < 0:
-        p.send_errors += 1
-        return
-    build_frame(buf, c.mac, kind, i, active, c.node_id, seq, send_ns, echo_seq, echo_ns)
-    memset(&dst, 0, sizeof(dst))
-    dst.sll_family = AF_PACKET
-    dst.sll_protocol = htons(c.ethertype)
-    dst.sll_ifindex = p.ifindex
-    dst.sll_halen = 6
-    memcpy(dst.sll_addr, GROUP_MAC, 6)
-    if sendto(p.fd, buf, FRAME_LEN, 0, <sockaddr *>&dst, sizeof(dst)) < 0:
-        p.send_errors += 1
+cdef list drain_events(Core *c, list names):
+    """Queued events, copied out under the lock and turned into Python objects after it."""
+    cdef Event *copy = <Event *>malloc(EVENT_QUEUE * sizeof(Event))
+    cdef uint64_t k, n = 0
+    if copy == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            pthread_mutex_lock(&c.lock)
+            while c.ev_head != c.ev_tail:
+                copy[n] = c.events[c.ev_head % EVENT_QUEUE]
+                n += 1
+                c.ev_head += 1
+            pthread_mutex_unlock(&c.lock)
+        return [event_object(&copy[k], names) for k in range(n)]
+    finally:
+        free(copy)
 
 
-# --------------------------------------------------------------------------- prober logic
+# --------------------------------------------------------------------------- sequence numbers
+cdef uint64_t next_seq(Core *c, int64_t now) noexcept nogil:
+    """The next sequence number, or 0 once the space is used up (then nothing is sent)."""
+    cdef Event *e
+    if c.seq >= SEQ_MAX:
+        c.seq_refused += 1
+        if not c.seq_out_told:
+            c.seq_out_told = True
+            e = new_event(c, EV_SEQ_LOW, -1, now)
+            if e != NULL:
+                e.remaining = 0
+        return 0
+    c.seq += 1
+    if SEQ_MAX - c.seq < SEQ_LOW_MARK and not c.seq_low_told:
+        c.seq_low_told = True
+        e = new_event(c, EV_SEQ_LOW, -1, now)
+        if e != NULL:
+            e.remaining = SEQ_MAX - c.seq
+    return c.seq
+
+
+# --------------------------------------------------------------------------- replay window
+cdef int window_check(ReplayWindow *w, uint64_t seq, int window) noexcept nogil:
+    """FRAME_OK if ``seq`` is new within the window, else DROP_REPLAY / DROP_STALE. No change."""
+    cdef uint64_t off
+    if not w.have or seq > w.top:
+        return FRAME_OK
+    off = w.top - seq
+    if off >= <uint64_t>window:
+        return DROP_STALE
+    if w.bits[(seq % WINDOW_BITS) // 64] & (1ULL << (seq % 64)):
+        return DROP_REPLAY
+    return FRAME_OK
+
+
+cdef void window_accept(ReplayWindow *w, uint64_t seq) noexcept nogil:
+    cdef uint64_t s, k, steps
+    if not w.have:
+        memset(w.bits, 0, sizeof(w.bits))
+        w.have = True
+        w.top = seq
+    elif seq > w.top:
+        # Bits index sequence numbers modulo WINDOW_BITS: clear the slots the window moves over,
+        # counting steps (a loop on ``s <= seq`` never ends when seq is the largest number).
+        steps = seq - w.top
+        if steps >= WINDOW_BITS:
+            memset(w.bits, 0, sizeof(w.bits))
+        else:
+            s = w.top
+            for k in range(steps):
+                s += 1
+                w.bits[(s % WINDOW_BITS) // 64] &= ~(1ULL << (s % 64))
+        w.top = seq
+    w.bits[(seq % WINDOW_BITS) // 64] |= 1ULL << (seq % 64)
+
+
+cdef void window_close_below(ReplayWindow *w, uint64_t seq) noexcept nogil:
+    """Nothing at or below ``seq`` is new any more: the floor of this run's first proven exchange."""
+    if not w.have or seq > w.top:
+        w.have = True
+        w.top = seq
+    memset(w.bits, 0xFF, sizeof(w.bits))
+
+
+# --------------------------------------------------------------------------- session
+cdef inline void reset_lag_window(Session *s) noexcept nogil:
+    s.win_send_lag_max = 0
+    s.win_recv_delay_max = 0
+
+
 cdef void on_miss(Core *c, int i, int64_t now) noexcept nogil:
-    cdef Path *p = &c.paths[i]
-    if p.misses < 1 << 30:  # a path dead for weeks must not wrap the counter
-        p.misses += 1
-    p.oks = 0
-    if p.misses == 1:
-        p.first_miss_ns = now
-    if p.misses >= c.multiplier and p.state != STATE_LOST:
-        p.state = STATE_LOST
-        threshold_event(c, i, EV_LOST, now, p.misses, p.first_miss_ns, p.win_send_lag_max,
-                        p.win_recv_delay_max)
-        reset_window(p)
-    elif p.state == STATE_UP:
-        p.state = STATE_SUSPECT
-        threshold_event(c, i, EV_SUSPECT, now, p.misses, 0, p.win_send_lag_max, p.win_recv_delay_max)
+    cdef Session *s = &c.paths[i].s
+    cdef Event *e
+    if s.misses < 1 << 30:  # a path dead for weeks must not wrap the counter
+        s.misses += 1
+    s.oks = 0
+    if s.misses == 1:
+        s.first_miss_ns = now
+    if s.misses >= c.multiplier and s.state != STATE_LOST:
+        s.state = STATE_LOST
+        e = path_event(c, i, EV_LOST, now)
+        if e != NULL:
+            e.misses, e.first_miss_ns = s.misses, s.first_miss_ns
+            e.send_lag_max_ns, e.recv_delay_max_ns = s.win_send_lag_max, s.win_recv_delay_max
+        reset_lag_window(s)
+    elif s.state == STATE_UP:
+        s.state = STATE_SUSPECT
+        e = path_event(c, i, EV_SUSPECT, now)
+        if e != NULL:
+            e.misses = s.misses
+            e.send_lag_max_ns, e.recv_delay_max_ns = s.win_send_lag_max, s.win_recv_delay_max
 
 
 cdef void on_reply(Core *c, int i, int64_t now, int64_t rtt) noexcept nogil:
     cdef Path *p = &c.paths[i]
-    p.received += 1
-    p.misses = 0
-    p.oks += 1
-    p.last_reply_ns = now
-    p.rtt[p.rtt_n % SAMPLES] = rtt
-    p.rtt_n += 1
-    update_rto(p, rtt)
-    if rtt > p.rtt_max:
-        p.rtt_max = rtt
-    if p.state == STATE_SUSPECT:
-        p.state = STATE_UP
-        threshold_event(c, i, EV_CLEARED, now, rtt, 0, 0, 0)
-        reset_window(p)
-    elif p.state == STATE_UP:
-        reset_window(p)
-    elif p.oks >= c.recover_count:
-        p.state = STATE_UP
-        threshold_event(c, i, EV_RECOVERED, now, p.oks, rtt, p.win_send_lag_max, p.win_recv_delay_max)
-        reset_window(p)
+    cdef Session *s = &p.s
+    cdef Event *e
+    p.n.received += 1
+    s.misses = 0
+    s.oks += 1
+    p.smp.last_reply_ns = now
+    p.smp.rtt[p.smp.rtt_n % SAMPLES] = rtt
+    p.smp.rtt_n += 1
+    if rtt > p.smp.rtt_max:
+        p.smp.rtt_max = rtt
+    update_rto(s, rtt)
+    if s.state == STATE_SUSPECT:
+        s.state = STATE_UP
+        e = path_event(c, i, EV_CLEARED, now)
+        if e != NULL:
+            e.rtt_ns = rtt
+        reset_lag_window(s)
+    elif s.state == STATE_UP:
+        reset_lag_window(s)
+    elif s.oks >= c.recover_count:
+        s.state = STATE_UP
+        e = path_event(c, i, EV_RECOVERED, now)
+        if e != NULL:
+            e.replies, e.rtt_ns = s.oks, rtt
+            e.send_lag_max_ns, e.recv_delay_max_ns = s.win_send_lag_max, s.win_recv_delay_max
+        reset_lag_window(s)
 
 
-cdef void update_rto(Path *p, int64_t rtt) noexcept nogil:
+cdef void update_rto(Session *s, int64_t rtt) noexcept nogil:
     cdef int64_t err
-    if p.srtt == 0:
-        p.srtt, p.rttvar = rtt, rtt // 2
+    if s.srtt == 0:
+        s.srtt, s.rttvar = rtt, rtt // 2
         return
-    err = rtt - p.srtt
-    p.srtt += err // 8
-    p.rttvar += ((err if err > 0 else -err) - p.rttvar) // 4
+    err = rtt - s.srtt
+    s.srtt += err // 8
+    s.rttvar += ((err if err > 0 else -err) - s.rttvar) // 4
 
 
-cdef int64_t reply_timeout(Core *c, Path *p) noexcept nogil:
+cdef int64_t reply_timeout(Core *c, Session *s) noexcept nogil:
     """How long the request that would be the last miss before "lost" waits for its reply.
 
     Earlier requests get the whole interval (a reply is matched until the next request goes), so
@@ -658,16 +735,165 @@ cdef int64_t reply_timeout(Core *c, Path *p) noexcept nogil:
     """
     cdef int64_t t = c.reply_timeout_ns
     if t == 0:
-        t = p.srtt + 4 * p.rttvar if p.srtt > 0 else c.interval_ns
+        t = s.srtt + 4 * s.rttvar if s.srtt > 0 else c.interval_ns
         if t < REPLY_TIMEOUT_FLOOR_NS:
             t = REPLY_TIMEOUT_FLOOR_NS
     return t if t < c.interval_ns else c.interval_ns
 
 
-cdef void reply_overdue(Core *c, int i, int64_t now) noexcept nogil:
-    """The outstanding request of path ``i`` got no reply in time: count the miss once."""
-    c.paths[i].reply_deadline = 0
+cdef int64_t confirm_wait(Core *c, Session *s) noexcept nogil:
+    """How long a confirmation request waits for its reply: the RTT estimate (srtt + 4 rttvar),
+    at least heartbeat.confirm_ms, at most the interval."""
+    cdef int64_t t = s.srtt + 4 * s.rttvar if s.srtt > 0 else c.confirm_ns
+    if t < c.confirm_ns:
+        t = c.confirm_ns
+    return t if t < c.interval_ns else c.interval_ns
+
+
+cdef bint session_overdue(Core *c, int i, int64_t now) noexcept nogil:
+    """The outstanding request of path ``i`` got no reply in time: count the miss once. True
+    when a confirmation request should go at once: confirmation probing is on and a path
+    believed up has just missed (suspect, not yet lost)."""
+    cdef Session *s = &c.paths[i].s
+    s.reply_deadline = 0
     on_miss(c, i, now)
+    return c.confirm_ns > 0 and s.state == STATE_SUSPECT
+
+
+cdef uint64_t session_request(Core *c, int i, int64_t now, bint confirm) noexcept nogil:
+    """A request goes now on path ``i`` (``confirm``: a confirmation, sent at once after a
+    miss): its sequence number, or 0 when nothing is to be sent (no numbers left, or a scheduled
+    request while a confirmation still waits for its reply)."""
+    cdef Session *s = &c.paths[i].s
+    cdef uint64_t seq
+    if not confirm and s.confirming and s.reply_deadline and now < s.reply_deadline:
+        return 0
+    if s.reply_deadline and session_overdue(c, i, now):
+        confirm = True
+    seq = next_seq(c, now)
+    if seq == 0:
+        s.outstanding = s.confirming = False
+        return 0
+    s.outstanding = True
+    s.confirming = confirm
+    s.out_seq = seq
+    s.out_sent_ns = now
+    if confirm:
+        s.reply_deadline = now + confirm_wait(c, s)
+        c.paths[i].n.confirms += 1
+    elif s.misses + 1 >= c.multiplier:
+        s.reply_deadline = now + reply_timeout(c, s)
+    else:
+        s.reply_deadline = now + c.interval_ns
+    return seq
+
+
+cdef bint reply_matches(Session *s, uint64_t echo_seq, uint64_t echo_ns) noexcept nogil:
+    """A reply counts only for the request of this run still outstanding (seq and send time)."""
+    return s.outstanding and echo_seq == s.out_seq and echo_ns == <uint64_t>s.out_sent_ns
+
+
+cdef void session_reply(Core *c, int i, uint64_t seq, int64_t now) noexcept nogil:
+    """The matching reply (sequence number ``seq``) to the outstanding request arrived."""
+    cdef Session *s = &c.paths[i].s
+    s.outstanding = s.confirming = False
+    s.reply_deadline = 0
+    if not s.heard:
+        # The first proof of this run: the peer made this frame after our request. Anything it
+        # sent before (a frame recorded earlier and replayed now) is old from here on.
+        s.heard = True
+        window_close_below(&c.paths[i].win, seq)
+    on_reply(c, i, now, now - s.out_sent_ns)
+
+
+cdef void session_resume(Path *p) noexcept nogil:
+    """Events again, judged from fresh counters: the path is unknown until proven either way."""
+    p.s.paused = False
+    p.s.state = STATE_UNKNOWN
+    p.s.misses = p.s.oks = 0
+    p.s.confirming = False
+    reset_lag_window(&p.s)
+
+
+cdef void note_peer_path(Core *c, int i, int peer_path, int64_t now) noexcept nogil:
+    """An authenticated frame of the peer's path ``peer_path`` arrived on path ``i``."""
+    cdef Session *s = &c.paths[i].s
+    cdef Event *e
+    if peer_path != i and peer_path != s.peer_path:
+        c.paths[i].n.crossed += 1
+        e = new_event(c, EV_CROSSED, i, now)
+        if e != NULL:
+            e.peer_path = peer_path
+    s.peer_path = peer_path
+
+
+# --------------------------------------------------------------------------- I/O
+cdef int open_path_socket(Core *c, int i, int *ifindex, int *count_fd, hn_ring *ring) noexcept nogil:
+    """Path ``i``'s bound, filtered, group-joined AF_PACKET socket, or -errno; with its receive
+    ring when the kernel grants one (``ring.map`` NULL otherwise: frames then queue in the socket
+    buffer, given as much room as allowed)."""
+    cdef packet_mreq mreq
+    cdef int one = 1
+    cdef int err, fd, cfd
+    cdef int idx = if_nametoindex(c.paths[i].sock.ifname)
+    if idx == 0:
+        return -errno
+    fd = hn_filtered_socket(idx, c.ethertype, c.peer_id, c.peer_macs, c.npeer_macs, 0, ring,
+                            c.rcvbuf_bytes)
+    if fd < 0:
+        return fd
+    memset(&mreq, 0, sizeof(mreq))
+    mreq.mr_ifindex = idx
+    mreq.mr_type = PACKET_MR_MULTICAST
+    mreq.mr_alen = 6
+    memcpy(mreq.mr_address, GROUP_MAC, 6)
+    err = 0
+    if setsockopt(fd, SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mreq, sizeof(mreq)) < 0:
+        err = errno
+    elif ring.map == NULL and setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(one)) < 0:
+        err = errno
+    if err:
+        close(fd)
+        hn_ring_close(ring)
+        return -err
+    if ring.map == NULL:
+        hn_set_rcvbuf(fd, c.rcvbuf_bytes)
+    cfd = hn_open_filter_counter(idx, c.ethertype, c.peer_id, c.peer_macs, c.npeer_macs)
+    if cfd < 0:
+        close(fd)
+        hn_ring_close(ring)
+        return cfd
+    ifindex[0] = idx
+    count_fd[0] = cfd
+    return fd
+
+
+cdef void collect_socket_stats(Path *p) noexcept nogil:
+    """Fold the kernel's per-socket counters (reset on each read) into the path's."""
+    cdef uint64_t junk = 0
+    if p.sock.fd >= 0:
+        hn_packet_stats(p.sock.fd, &p.n.taken, &p.n.overflow)
+    if p.sock.count_fd >= 0:
+        hn_packet_stats(p.sock.count_fd, &p.n.filtered, &junk)
+
+
+cdef void send_frame(Core *c, int i, int kind, int active, uint64_t seq, uint64_t send_ns,
+                     uint64_t echo_seq, uint64_t echo_ns) noexcept nogil:
+    cdef Path *p = &c.paths[i]
+    cdef uint8_t buf[FRAME_LEN]
+    cdef sockaddr_ll dst
+    if p.sock.fd < 0:
+        p.n.send_errors += 1
+        return
+    build_frame(buf, c.mac, kind, i, active, c.node_id, seq, send_ns, echo_seq, echo_ns)
+    memset(&dst, 0, sizeof(dst))
+    dst.sll_family = AF_PACKET
+    dst.sll_protocol = htons(c.ethertype)
+    dst.sll_ifindex = p.sock.ifindex
+    dst.sll_halen = 6
+    memcpy(dst.sll_addr, GROUP_MAC, 6)
+    if sendto(p.sock.fd, buf, FRAME_LEN, 0, <sockaddr *>&dst, sizeof(dst)) < 0:
+        p.n.send_errors += 1
 
 
 cdef void tick(Core *c, int i) noexcept nogil:
@@ -675,24 +901,16 @@ cdef void tick(Core *c, int i) noexcept nogil:
     cdef Path *p = &c.paths[i]
     cdef int64_t now = mono_ns()
     cdef int64_t lag = now - p.next_send
-    if p.reply_deadline:
-        reply_overdue(c, i, now)
-    c.seq += 1
-    p.outstanding = True
-    p.out_seq = c.seq
-    p.out_sent_ns = mono_ns()
-    if p.misses + 1 >= c.multiplier:
-        p.reply_deadline = p.out_sent_ns + reply_timeout(c, p)
-    else:
-        p.reply_deadline = p.out_sent_ns + c.interval_ns
-    send_frame(c, i, KIND_REQUEST, 0, c.seq, p.out_sent_ns, 0, 0)
-    p.sent += 1
-    p.lag[p.lag_n % SAMPLES] = lag
-    p.lag_n += 1
-    if lag > p.lag_max:
-        p.lag_max = lag
-    if lag > p.win_send_lag_max:
-        p.win_send_lag_max = lag
+    cdef uint64_t seq = session_request(c, i, now, False)
+    if seq:
+        send_frame(c, i, KIND_REQUEST, 0, seq, <uint64_t>now, 0, 0)
+        p.n.sent += 1
+    p.smp.lag[p.smp.lag_n % SAMPLES] = lag
+    p.smp.lag_n += 1
+    if lag > p.smp.lag_max:
+        p.smp.lag_max = lag
+    if lag > p.s.win_send_lag_max:
+        p.s.win_send_lag_max = lag
     # Absolute deadlines: the next one follows this one, not the moment we woke; slots that
     # passed while the thread was starved are skipped (and show up as lag).
     p.next_send += c.interval_ns
@@ -700,88 +918,124 @@ cdef void tick(Core *c, int i) noexcept nogil:
         p.next_send += ((now - p.next_send) // c.interval_ns + 1) * c.interval_ns
 
 
-cdef int replay_check(Path *p, uint64_t seq, int window) noexcept nogil:
-    """FRAME_OK if ``seq`` is new within the window, else DROP_REPLAY / DROP_STALE. No change."""
-    cdef uint64_t off
-    if not p.rx_have or seq > p.rx_top:
-        return FRAME_OK
-    off = p.rx_top - seq
-    if off >= <uint64_t>window:
-        return DROP_STALE
-    if p.rx_bits[(seq % WINDOW_BITS) // 64] & (1ULL << (seq % 64)):
-        return DROP_REPLAY
+cdef void send_confirmation(Core *c, int i, int64_t now) noexcept nogil:
+    """A confirmation request at once, off the schedule: the path just missed a reply."""
+    cdef uint64_t seq = session_request(c, i, now, True)
+    if seq:
+        send_frame(c, i, KIND_REQUEST, 0, seq, <uint64_t>now, 0, 0)
+        c.paths[i].n.sent += 1
+
+
+cdef bint peer_mac_ok(Core *c, sockaddr_ll *frm) noexcept nogil:
+    cdef int k
+    if c.npeer_macs == 0:
+        return True
+    if frm.sll_halen != 6:
+        return False
+    for k in range(c.npeer_macs):
+        if memcmp(frm.sll_addr, c.peer_macs[k], 6) == 0:
+            return True
+    return False
+
+
+cdef int precheck(Core *c, int i, const uint8_t *buf, ssize_t n, sockaddr_ll *frm) noexcept nogil:
+    """The checks that cost nothing, cheapest first, before the HMAC: the same the kernel filter
+    makes (for kernels that refuse it), the source MAC, the replay window, whether a reply is
+    for the request outstanding, and a path byte already known to be crossed."""
+    cdef Path *p = &c.paths[i]
+    cdef int code = check_shape(buf, n)
+    if code != FRAME_OK:
+        return code
+    if memcmp(buf + HN_OFF_NODE_ID, c.peer_id, NODE_ID_LEN) != 0:
+        return DROP_NODE
+    if not peer_mac_ok(c, frm):
+        return DROP_SRC_MAC
+    code = window_check(&p.win, get_u64(buf + HN_OFF_SEQ), c.window)
+    if code != FRAME_OK:
+        return code
+    if buf[HN_OFF_KIND] == KIND_REPLY and not reply_matches(
+            &p.s, get_u64(buf + HN_OFF_ECHO_SEQ), get_u64(buf + HN_OFF_ECHO_NS)):
+        return DROP_LATE
+    if buf[HN_OFF_PATH] != i and buf[HN_OFF_PATH] == p.s.peer_path:
+        return DROP_PATH
     return FRAME_OK
-
-
-cdef void replay_accept(Path *p, uint64_t seq) noexcept nogil:
-    cdef uint64_t s, steps
-    if not p.rx_have:
-        memset(p.rx_bits, 0, sizeof(p.rx_bits))
-        p.rx_have = True
-        p.rx_top = seq
-    elif seq > p.rx_top:
-        # Bits index sequence numbers modulo WINDOW_BITS: clear the slots the window moves over.
-        steps = seq - p.rx_top
-        if steps >= WINDOW_BITS:
-            memset(p.rx_bits, 0, sizeof(p.rx_bits))
-        else:
-            s = p.rx_top + 1
-            while s <= seq:
-                p.rx_bits[(s % WINDOW_BITS) // 64] &= ~(1ULL << (s % 64))
-                s += 1
-        p.rx_top = seq
-    p.rx_bits[(seq % WINDOW_BITS) // 64] |= 1ULL << (seq % 64)
 
 
 cdef void on_frame(Core *c, int i, const uint8_t *buf, ssize_t n, sockaddr_ll *frm,
                    int64_t recv_delay) noexcept nogil:
     cdef Path *p = &c.paths[i]
     cdef Parsed f
-    cdef int code = parse_frame(c.mac, buf, n, &f)
     cdef int64_t now
-    if code == FRAME_OK and memcmp(f.node_id, c.peer_id, NODE_ID_LEN) != 0:
-        code = DROP_NODE
-    if code == FRAME_OK and f.path != i:
-        code = DROP_PATH
-    if code == FRAME_OK and p.check_peer_mac and (frm.sll_halen != 6 or memcmp(frm.sll_addr, p.peer_mac, 6) != 0):
-        code = DROP_SRC_MAC
-    if code == FRAME_OK:
-        code = replay_check(p, f.seq, c.window)
+    cdef uint64_t seq
+    cdef Event *e
+    cdef int code = precheck(c, i, buf, n, frm)
+    if code == FRAME_OK and not authentic(c.mac, buf):
+        code = DROP_AUTH
     if code != FRAME_OK:
-        p.drops[code] += 1
+        p.n.drops[code] += 1
+        c.pass_drops += 1
         return
-    replay_accept(p, f.seq)
-    if recv_delay > p.win_recv_delay_max:
-        p.win_recv_delay_max = recv_delay
+    read_fields(buf, &f)
+    window_accept(&p.win, f.seq)
+    now = mono_ns()
+    if f.path != i:
+        # Crossed cables: the peer's frames of another path arrive here. Named once per change.
+        note_peer_path(c, i, f.path, now)
+        p.n.drops[DROP_PATH] += 1
+        return
+    note_peer_path(c, i, f.path, now)
+    if recv_delay > p.s.win_recv_delay_max:
+        p.s.win_recv_delay_max = recv_delay
     if f.kind == KIND_REQUEST:
-        c.seq += 1
-        send_frame(c, i, KIND_REPLY, 0, c.seq, mono_ns(), f.seq, f.send_ns)
-        p.answered += 1
+        seq = next_seq(c, now)
+        if seq:
+            send_frame(c, i, KIND_REPLY, 0, seq, <uint64_t>mono_ns(), f.seq, f.send_ns)
+            p.n.answered += 1
     elif f.kind == KIND_REPLY:
-        if p.outstanding and f.echo_seq == p.out_seq:
-            p.outstanding = False
-            p.reply_deadline = 0
-            now = mono_ns()
-            on_reply(c, i, now, now - p.out_sent_ns)
-        else:
-            p.drops[DROP_LATE] += 1
-    elif not p.rx_notice_have or f.echo_seq != p.rx_notice_id:
+        session_reply(c, i, f.seq, now)
+    elif not p.s.heard:
+        # A notice on a path not yet heard in this run may be a recording of an older one.
+        p.n.drops[DROP_UNHEARD] += 1
+    elif not p.notice.rx_have or f.echo_seq != p.notice.rx_id:
         # Each copy of a notice has its own seq; the notice id (echo_seq) tells copies apart.
-        p.rx_notice_have = True
-        p.rx_notice_id = f.echo_seq
-        p.notices_received += 1
-        push_event(c, EV_NOTICE, i, mono_ns(), f.active, <int64_t>f.echo_seq, 0, 0)
+        p.notice.rx_have = True
+        p.notice.rx_id = f.echo_seq
+        p.n.notices_received += 1
+        e = new_event(c, EV_NOTICE, i, now)
+        if e != NULL:
+            e.active, e.peer_seq = f.active, f.echo_seq
 
 
-cdef void receive(Core *c, int i) noexcept nogil:
+cdef int receive_ring(Core *c, int i) noexcept nogil:
+    """At most RING_BUDGET frames of path ``i``'s ring, read in place; returns how many."""
+    cdef hn_ring *r = &c.paths[i].sock.ring
+    cdef const uint8_t *data
+    cdef ssize_t n
+    cdef sockaddr_ll *frm
+    cdef int64_t rx_ns, delay
+    cdef int k = 0
+    while k < RING_BUDGET and hn_ring_next(r, &data, &n, &frm, &rx_ns):
+        if frm.sll_pkttype != PACKET_OUTGOING:
+            delay = hn_clock_ns(CLOCK_REALTIME) - rx_ns if rx_ns > 0 else 0
+            on_frame(c, i, data, n, frm, delay if delay > 0 else 0)
+        hn_ring_done(r)
+        k += 1
+    return k
+
+
+cdef int receive(Core *c, int i) noexcept nogil:
+    """At most RECV_BUDGET frames of path ``i``; what is left waits for the next pass. Returns
+    how many were read."""
+    if c.paths[i].sock.ring.map != NULL:
+        return receive_ring(c, i)
     cdef hn_datagram batch[HN_BATCH]
     cdef hn_datagram *d
     cdef int64_t delay
-    cdef int k, j, got
-    for k in range(RECV_BATCHES):
+    cdef int j, got, budget = RECV_BUDGET
+    while budget > 0:
         # A short batch means the queue is empty; a pending socket error (ENETDOWN) is cleared by
         # reading it.
-        got = hn_recv_batch(c.paths[i].fd, batch)
+        got = hn_recv_batch(c.paths[i].sock.fd, batch, budget)
         for j in range(got):
             d = &batch[j]
             if d.frm.sll_pkttype == PACKET_OUTGOING:
@@ -789,21 +1043,52 @@ cdef void receive(Core *c, int i) noexcept nogil:
             delay = hn_clock_ns(CLOCK_REALTIME) - d.rx_realtime_ns if d.rx_realtime_ns > 0 else 0
             on_frame(c, i, d.data, d.len, &d.frm, delay if delay > 0 else 0)
         if got < HN_BATCH:
-            return
+            return RECV_BUDGET - budget + (got if got > 0 else 0)
+        budget -= got
+    return RECV_BUDGET
 
 
-cdef void poll_carrier(Core *c, int64_t now) noexcept nogil:
-    cdef int i, bit
+cdef void set_carrier(Core *c, int i, int bit, int64_t now) noexcept nogil:
+    cdef Path *p = &c.paths[i]
+    if bit == -ENODEV:
+        bit = 0  # the interface is gone: no carrier until it returns and is rebound
+    if bit < 0 or bit == p.sock.carrier:
+        return
+    p.sock.carrier = bit
+    new_event(c, EV_LINK_UP if bit else EV_LINK_DOWN, i, now)
+
+
+cdef void poll_counters(Core *c, int64_t now) noexcept nogil:
+    """Carrier of every path read from the lock-free counters; ioctl paths are flagged for the
+    loop to read outside the lock."""
+    cdef int i
     cdef Path *p
     for i in range(c.npaths):
         p = &c.paths[i]
-        bit = hn_carrier(c.ctl_fd, p.ifname)
-        if bit == -ENODEV:
-            bit = 0  # the interface is gone: no carrier until it returns and is rebound
-        if bit < 0 or bit == p.carrier:
-            continue
-        p.carrier = bit
-        push_event(c, EV_LINK_UP if bit else EV_LINK_DOWN, i, now, 0, 0, 0, 0)
+        if p.sock.carrier_source == CARRIER_COUNTERS:
+            p.n.carrier_reads += 1
+            set_carrier(c, i, hn_carrier_counters(p.sock.sysfs), now)
+        elif p.sock.carrier_source == CARRIER_IOCTL:
+            c.ioctl_poll_due = True
+
+
+cdef void poll_ioctl_paths(Core *c) noexcept nogil:
+    """ETHTOOL_GLINK for the paths without counters. Called without the core lock: the kernel
+    takes RTNL for it, which another namespace's link changes may hold for milliseconds. The
+    ioctl socket and interface names never change while the loop runs."""
+    cdef int bits[MAX_PATHS]
+    cdef int i
+    cdef int64_t now
+    for i in range(c.npaths):
+        bits[i] = hn_carrier_ioctl(c.ctl_fd, c.paths[i].sock.ifname) \
+            if c.paths[i].sock.carrier_source == CARRIER_IOCTL else -1
+    now = mono_ns()
+    pthread_mutex_lock(&c.lock)
+    for i in range(c.npaths):
+        if c.paths[i].sock.carrier_source == CARRIER_IOCTL:
+            c.paths[i].n.carrier_ioctls += 1
+            set_carrier(c, i, bits[i], now)
+    pthread_mutex_unlock(&c.lock)
 
 
 cdef int cmp_i64(const void *a, const void *b) noexcept nogil:
@@ -813,27 +1098,30 @@ cdef int cmp_i64(const void *a, const void *b) noexcept nogil:
 
 cdef void quality_window(Core *c, int i, int64_t now) noexcept nogil:
     cdef Path *p = &c.paths[i]
-    cdef uint64_t sent = p.sent - p.q_sent0
-    cdef uint64_t got = p.received - p.q_received0
+    cdef uint64_t sent = p.n.sent - p.q.sent0
+    cdef uint64_t got = p.n.received - p.q.received0
     cdef uint64_t k, n = got if got < SAMPLES else SAMPLES
     cdef int64_t loss_ppm = 0, p50 = 0, p99 = 0
     cdef int64_t *tmp
+    cdef Event *e
     if sent > 0 and sent > got:
         loss_ppm = <int64_t>((sent - got) * 1000000 // sent)
     if n > 0:
         tmp = <int64_t *>malloc(n * sizeof(int64_t))
         if tmp != NULL:
             for k in range(n):
-                tmp[k] = p.rtt[(p.rtt_n - n + k) % SAMPLES]
+                tmp[k] = p.smp.rtt[(p.smp.rtt_n - n + k) % SAMPLES]
             qsort(tmp, n, sizeof(int64_t), cmp_i64)
             p50 = tmp[(n - 1) // 2]
             p99 = tmp[(n - 1) * 99 // 100]
             free(tmp)
-    push_event(c, EV_QUALITY, i, now, loss_ppm, p50, p99, 0)
-    p.q_sent0, p.q_received0 = p.sent, p.received
-    p.q_next += c.quality_ns
-    if p.q_next <= now:
-        p.q_next = now + c.quality_ns
+    e = new_event(c, EV_QUALITY, i, now)
+    if e != NULL:
+        e.loss_ppm, e.rtt_p50_ns, e.rtt_p99_ns = loss_ppm, p50, p99
+    p.q.sent0, p.q.received0 = p.n.sent, p.n.received
+    p.q.next += c.quality_ns
+    if p.q.next <= now:
+        p.q.next = now + c.quality_ns
 
 
 cdef int64_t service(Core *c) noexcept nogil:
@@ -841,43 +1129,50 @@ cdef int64_t service(Core *c) noexcept nogil:
     cdef int64_t now = mono_ns()
     cdef int64_t nxt
     cdef int i
+    cdef uint64_t seq
     cdef Path *p
     if now >= c.next_poll:
-        poll_carrier(c, now)
+        poll_counters(c, now)
         c.next_poll += c.poll_ns
         if c.next_poll <= now:
             c.next_poll += ((now - c.next_poll) // c.poll_ns + 1) * c.poll_ns
     nxt = c.next_poll
     for i in range(c.npaths):
         p = &c.paths[i]
-        if p.reply_deadline and now >= p.reply_deadline:
-            reply_overdue(c, i, now)
+        if p.s.reply_deadline and now >= p.s.reply_deadline and session_overdue(c, i, now):
+            send_confirmation(c, i, now)
         if now >= p.next_send:
             tick(c, i)
-        if p.notice_left > 0 and now >= p.notice_next:
-            c.seq += 1
-            send_frame(c, i, KIND_NOTICE, p.notice_active, c.seq, mono_ns(), p.notice_id, 0)
-            p.notices_sent += 1
-            p.notice_left -= 1
-            p.notice_next += NOTICE_GAP_NS
-        if c.quality_ns > 0 and now >= p.q_next:
+        if p.notice.left > 0 and now >= p.notice.next:
+            seq = next_seq(c, now)
+            if seq:
+                send_frame(c, i, KIND_NOTICE, p.notice.active, seq, <uint64_t>mono_ns(), p.notice.id, 0)
+                p.n.notices_sent += 1
+            p.notice.left -= 1
+            p.notice.next += NOTICE_GAP_NS
+        if c.quality_ns > 0 and now >= p.q.next:
             quality_window(c, i, now)
         if p.next_send < nxt:
             nxt = p.next_send
-        if p.reply_deadline and p.reply_deadline < nxt:
-            nxt = p.reply_deadline
-        if p.notice_left > 0 and p.notice_next < nxt:
-            nxt = p.notice_next
-        if c.quality_ns > 0 and p.q_next < nxt:
-            nxt = p.q_next
+        if p.s.reply_deadline and p.s.reply_deadline < nxt:
+            nxt = p.s.reply_deadline
+        if p.notice.left > 0 and p.notice.next < nxt:
+            nxt = p.notice.next
+        if c.quality_ns > 0 and p.q.next < nxt:
+            nxt = p.q.next
     return nxt
 
 
 cdef void run_loop(Core *c) noexcept nogil:
+    """Serve the deadlines, wait, read. When the last pass read many frames or dropped any (a
+    flood, or a burst), the next wait watches only the wake-up fd for COALESCE_NS (or up to the
+    next deadline, if sooner) and then reads every socket: a wake-up per batch of junk frames
+    rather than per frame, which is what would otherwise cost the most CPU."""
     cdef pollfd fds[1 + MAX_PATHS]
     cdef int owner[1 + MAX_PATHS]
-    cdef int i, n, rc
-    cdef int64_t now, deadline
+    cdef int i, n, rc, got = 0
+    cdef bint ioctl_due, busy = False
+    cdef int64_t now, deadline, hold
     # The default 50 us timer slack would be most of our lateness budget at 1 ms periods.
     prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0)
     if c.rt_priority > 0:
@@ -887,119 +1182,179 @@ cdef void run_loop(Core *c) noexcept nogil:
     c.next_poll = now
     for i in range(c.npaths):
         c.paths[i].next_send = now
-        c.paths[i].q_next = now + c.quality_ns
+        c.paths[i].q.next = now + c.quality_ns
     while not c.stop:
         deadline = service(c)
         n = 0
         fds[n].fd, fds[n].events, fds[n].revents, owner[n] = c.wake_fd, POLLIN, 0, -1
         n += 1
-        for i in range(c.npaths):
-            if c.paths[i].fd >= 0:
-                fds[n].fd, fds[n].events, fds[n].revents, owner[n] = c.paths[i].fd, POLLIN, 0, i
-                n += 1
+        if busy:
+            hold = mono_ns() + COALESCE_NS
+            if hold < deadline:
+                deadline = hold
+        else:
+            for i in range(c.npaths):
+                if c.paths[i].sock.fd >= 0:
+                    fds[n].fd, fds[n].events, fds[n].revents, owner[n] = c.paths[i].sock.fd, POLLIN, 0, i
+                    n += 1
+        ioctl_due, c.ioctl_poll_due = c.ioctl_poll_due, False
         pthread_mutex_unlock(&c.lock)
+        if ioctl_due:
+            poll_ioctl_paths(c)
         rc = hn_wait(fds, n, deadline)
         pthread_mutex_lock(&c.lock)
-        if rc <= 0:
-            continue
-        for i in range(n):
-            if fds[i].revents == 0:
-                continue
-            if owner[i] == -1:
-                drain_fd(fds[i].fd)
-            elif c.paths[owner[i]].fd == fds[i].fd:  # not swapped by rebind() meanwhile
-                receive(c, owner[i])
+        got = 0
+        c.pass_drops = 0
+        if rc > 0 and fds[0].revents:
+            drain_fd(fds[0].fd)
+        if busy:
+            for i in range(c.npaths):
+                if c.paths[i].sock.fd >= 0:
+                    got += receive(c, i)
+        elif rc > 0:
+            for i in range(1, n):
+                if fds[i].revents and c.paths[owner[i]].sock.fd == fds[i].fd:  # not swapped by rebind()
+                    if fds[i].revents & POLLERR:
+                        hn_clear_error(fds[i].fd)  # else poll() reports it again at once, for ever
+                    got += receive(c, owner[i])
+        busy = got >= BUSY_FRAMES or c.pass_drops > 0
     pthread_mutex_unlock(&c.lock)
 
 
 # --------------------------------------------------------------------------- Python face
-def sleep_lateness(double period_ms, int count, int rt_priority=0):
-    """The host's timer floor: lateness (ns) of ``count`` bare clock_nanosleep() wake-ups on
-    absolute deadlines, in the calling thread with 1 us timer slack like the probe loop (and
-    SCHED_FIFO at ``rt_priority`` if > 0); both are restored after. What the probe loop adds on
-    top of this is its own cost."""
-    cdef int64_t *out = <int64_t *>malloc(count * sizeof(int64_t))
-    cdef int rt_error = 0
-    cdef int slack = prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0)
-    if out == NULL:
-        raise MemoryError()
-    try:
-        with nogil:
-            prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0)
-            if rt_priority > 0:
-                rt_error = hn_realtime(rt_priority)
-            hn_sleep_lateness(<int64_t>(period_ms * 1e6), count, out)
-            if rt_priority > 0 and rt_error == 0:
-                hn_normal_priority()
-            prctl(PR_SET_TIMERSLACK, slack, 0, 0, 0)
-        if rt_error:
-            raise OSError(rt_error, f"SCHED_FIFO: {strerror(rt_error).decode()}")
-        return [out[i] for i in range(count)]
-    finally:
-        free(out)
-
-
-
-cdef bytes _id_field(str node_id):
+cdef bytes _id_field(object node_id, str what):
+    if not isinstance(node_id, str) or not node_id:
+        raise ValueError(f"{what} must be a non-empty string")
     raw = node_id.encode("utf-8")
     if len(raw) > NODE_ID_LEN:
-        raise ValueError(f"node id {node_id!r} is longer than {NODE_ID_LEN} bytes")
+        raise ValueError(f"{what} {node_id!r} is longer than {NODE_ID_LEN} bytes")
     return raw.ljust(NODE_ID_LEN, b"\0")
 
 
+def _number(str name, value, low, high, *, low_open=False):
+    """``value`` as a float within [low, high] (or (low, high]); ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, not {value!r}")
+    if value < low or (low_open and value == low) or value > high:
+        bracket = "(" if low_open else "["
+        raise ValueError(f"{name} {value!r} is outside {bracket}{low}, {high}]")
+    return value
+
+
+def _integer(str name, value, low, high):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, not {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} {value!r} is outside [{low}, {high}]")
+    return value
+
+
+cdef void init_core(Core *c, int npaths) noexcept nogil:
+    cdef int i
+    pthread_mutex_init(&c.lock, NULL)
+    c.wake_fd = c.event_fd = c.ctl_fd = -1
+    c.npaths = npaths
+    for i in range(MAX_PATHS):
+        c.paths[i].sock.fd = c.paths[i].sock.count_fd = -1
+        c.paths[i].sock.sysfs[0] = c.paths[i].sock.sysfs[1] = c.paths[i].sock.sysfs[2] = -1
+        c.paths[i].sock.carrier = -1
+        c.paths[i].s.peer_path = -1
+
+
 cdef class Engine:
-    """The probe loop's state and its Python controls; hanet.probe.Prober is the API to use."""
+    """The probe loop's state and its Python controls; hanet.probe.Prober is the API to use.
+
+    Every argument is checked here (ValueError naming it): a bad one must never reach the loop,
+    where a zero interval would divide by zero.
+    """
     cdef Core *c
     cdef bint opened
-    cdef object names
+    cdef bint carrier_ioctl_only
+    cdef list names
 
-    def __cinit__(self, *, str node_id, str peer_id, bytes key, paths, double interval_ms,
-                  int multiplier, int recover_count, int ethertype, int replay_window,
-                  double poll_interval_ms, double quality_window_ms=0.0, int rt_priority=0,
-                  double reply_timeout_ms=0.0, unsigned long long seq_start=0):
+    def __cinit__(self, *, node_id, peer_id, key, paths, interval_ms, multiplier, recover_count,
+                  ethertype, replay_window, poll_interval_ms, quality_window_ms=0.0,
+                  rt_priority=0, reply_timeout_ms=0.0, seq_start=0, rcvbuf_bytes=4 << 20,
+                  carrier="auto", confirm_ms=0.0):
         cdef int i
-        if not 1 <= len(paths) <= MAX_PATHS:
+        if not isinstance(key, bytes) or not key:
+            raise ValueError("key must be non-empty bytes")
+        if not isinstance(paths, (list, tuple)) or not 1 <= len(paths) <= MAX_PATHS:
             raise ValueError(f"between 1 and {MAX_PATHS} paths are supported")
-        if not 1 <= replay_window <= WINDOW_BITS:
-            raise ValueError(f"replay_window must be 1 to {WINDOW_BITS}")
+        _number("interval_ms", interval_ms, 0, 60000, low_open=True)
+        if interval_ms * 1e6 < 1:
+            raise ValueError(f"interval_ms {interval_ms!r} is below one nanosecond")
+        _number("poll_interval_ms", poll_interval_ms, 0, 600000, low_open=True)
+        if poll_interval_ms * 1e6 < 1:
+            raise ValueError(f"poll_interval_ms {poll_interval_ms!r} is below one nanosecond")
+        _number("quality_window_ms", quality_window_ms, 0, 86400000)
+        _number("reply_timeout_ms", reply_timeout_ms, 0, interval_ms)
+        _number("confirm_ms", confirm_ms, 0, interval_ms)
+        _integer("multiplier", multiplier, 1, 1000)
+        _integer("recover_count", recover_count, 1, 1000)
+        _integer("ethertype", ethertype, 0x0600, 0xFFFF)
+        _integer("replay_window", replay_window, 1, WINDOW_BITS)
+        _integer("rt_priority", rt_priority, 0, 99)
+        _integer("seq_start", seq_start, 0, wire.U64_MAX - 1)
+        _integer("rcvbuf_bytes", rcvbuf_bytes, 0, 1 << 30)
+        if carrier not in ("auto", "ioctl"):
+            raise ValueError(f"carrier must be 'auto' or 'ioctl', not {carrier!r}")
+        own, peer = _id_field(node_id, "node_id"), _id_field(peer_id, "peer_id")
+        if own == peer:
+            raise ValueError("node_id and peer_id must differ")
+        parsed = []
+        for i, item in enumerate(paths):
+            if not isinstance(item, (list, tuple)) or len(item) != 2:
+                raise ValueError(f"path[{i}] must be (interface, peer_mac)")
+            ifname, peer_mac = item
+            raw = ifname.encode() if isinstance(ifname, str) else b""
+            if not 0 < len(raw) < 16 or b"/" in raw or b"\0" in raw:
+                raise ValueError(f"path[{i}]: bad interface name {ifname!r}")
+            mac = b""
+            if peer_mac:
+                try:
+                    mac = bytes.fromhex(str(peer_mac).replace(":", ""))
+                except ValueError:
+                    mac = b"?"
+                if len(mac) != 6:
+                    raise ValueError(f"path[{i}]: bad peer MAC {peer_mac!r}")
+            parsed.append((ifname, raw, mac))
         self.c = <Core *>calloc(1, sizeof(Core))
         if self.c == NULL:
             raise MemoryError()
-        pthread_mutex_init(&self.c.lock, NULL)
-        self.c.wake_fd = self.c.event_fd = self.c.ctl_fd = -1
+        init_core(self.c, len(paths))
         self.c.mac = keyed_mac(key)
-        cdef bytes own = _id_field(node_id), peer = _id_field(peer_id)
         memcpy(self.c.node_id, <const char *>own, NODE_ID_LEN)
         memcpy(self.c.peer_id, <const char *>peer, NODE_ID_LEN)
-        self.c.npaths = len(paths)
         self.c.ethertype = ethertype
         self.c.interval_ns = <int64_t>(interval_ms * 1e6)
         self.c.reply_timeout_ns = <int64_t>(reply_timeout_ms * 1e6)
+        self.c.confirm_ns = <int64_t>(confirm_ms * 1e6)
         self.c.poll_ns = <int64_t>(poll_interval_ms * 1e6)
         self.c.quality_ns = <int64_t>(quality_window_ms * 1e6)
         self.c.multiplier = multiplier
         self.c.recover_count = recover_count
         self.c.window = replay_window
         self.c.rt_priority = rt_priority
+        self.c.rcvbuf_bytes = rcvbuf_bytes
+        self.carrier_ioctl_only = carrier == "ioctl"
         # Sequence numbers start at wall-clock ns, so a restarted node's frames are newer than
         # anything its peer saw from it before; the daemon passes a start that also survives the
         # wall clock stepping back (hanet.seqfloor).
-        self.c.seq = seq_start if seq_start > 0 else <uint64_t>hn_clock_ns(CLOCK_REALTIME)
+        if seq_start > 0:
+            self.c.seq = seq_start
+        else:
+            self.c.seq = <uint64_t>hn_clock_ns(CLOCK_REALTIME)
         self.names = []
-        for i, (ifname, peer_mac) in enumerate(paths):
-            raw = ifname.encode()
-            if not 0 < len(raw) < 16:
-                raise ValueError(f"bad interface name {ifname!r}")
+        # The MAC swap moves the peer's MACs between its NICs: any of them is the peer's, on any path.
+        accepted = []
+        for i, (ifname, raw, mac) in enumerate(parsed):
             self.names.append(ifname)
-            strncpy(self.c.paths[i].ifname, raw, 15)
-            self.c.paths[i].fd = -1
-            self.c.paths[i].carrier = -1
-            if peer_mac:
-                mac = bytes.fromhex(peer_mac.replace(":", ""))
-                if len(mac) != 6:
-                    raise ValueError(f"bad peer MAC {peer_mac!r}")
-                memcpy(self.c.paths[i].peer_mac, <const char *>mac, 6)
-                self.c.paths[i].check_peer_mac = True
+            strncpy(self.c.paths[i].sock.ifname, raw, 15)
+            if mac and mac not in accepted:
+                memcpy(self.c.peer_macs[len(accepted)], <const char *>mac, 6)
+                accepted.append(mac)
+        self.c.npeer_macs = len(accepted)
 
     def __dealloc__(self):
         if self.c != NULL:
@@ -1010,9 +1365,36 @@ cdef class Engine:
             free(self.c)
             self.c = NULL
 
+    cdef int _calibrate(self, int i, int ifindex, int fds[3], int *bit):
+        """Where path ``i``'s carrier will be read: the counters when this namespace's sysfs
+        shows them and they agree with ETHTOOL_GLINK (read once here, off the loop and outside
+        its lock, to calibrate), the ioctl otherwise. ``fds`` get the open counter files."""
+        cdef int k
+        bit[0] = hn_carrier_ioctl(self.c.ctl_fd, self.c.paths[i].sock.ifname)
+        fds[0] = fds[1] = fds[2] = -1
+        if not self.carrier_ioctl_only and hn_sysfs_open(self.c.paths[i].sock.ifname, ifindex, fds) == 0:
+            if bit[0] < 0 or hn_carrier_counters(fds) == bit[0]:
+                return CARRIER_COUNTERS
+            for k in range(3):
+                close(fds[k])
+                fds[k] = -1
+        return CARRIER_IOCTL
+
+    cdef void _install_carrier(self, int i, int source, int fds[3], int old[3]):
+        """Swap in the counter files (under the core lock); ``old`` gets those to close."""
+        cdef PathSocket *s = &self.c.paths[i].sock
+        cdef int k
+        for k in range(3):
+            old[k] = s.sysfs[k]
+            s.sysfs[k] = fds[k]
+        s.carrier_source = source
+
     def open(self):
         """Open every socket and read the carriers; raise OSError (and close all) on failure."""
-        cdef int i, fd, idx, err
+        cdef int i, fd, idx, cfd, source, bit
+        cdef int fds[3]
+        cdef int old[3]
+        cdef hn_ring ring
         if self.opened:
             return
         self.c.stop = False
@@ -1021,13 +1403,16 @@ cdef class Engine:
             self.c.event_fd = self._check(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC), "eventfd")
             self.c.ctl_fd = self._check(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), "socket")
             for i in range(self.c.npaths):
-                fd = open_path_socket(self.c.paths[i].ifname, self.c.ethertype, &idx)
+                fd = open_path_socket(self.c, i, &idx, &cfd, &ring)
                 if fd < 0:
                     raise OSError(-fd, f"path[{i}] {self.names[i]}: cannot open AF_PACKET socket: "
                                        f"{strerror(-fd).decode()}")
-                self.c.paths[i].fd, self.c.paths[i].ifindex = fd, idx
-                err = hn_carrier(self.c.ctl_fd, self.c.paths[i].ifname)
-                self.c.paths[i].carrier = 1 if err == 1 else 0
+                self.c.paths[i].sock.fd, self.c.paths[i].sock.count_fd = fd, cfd
+                self.c.paths[i].sock.ring = ring
+                self.c.paths[i].sock.ifindex = idx
+                source = self._calibrate(i, idx, fds, &bit)
+                self._install_carrier(i, source, fds, old)
+                self.c.paths[i].sock.carrier = 1 if bit == 1 else 0
         except OSError:
             self.close()
             raise
@@ -1039,11 +1424,16 @@ cdef class Engine:
         return rc
 
     def close(self):
-        cdef int i
+        cdef int i, k
+        cdef PathSocket *s
         for i in range(self.c.npaths):
-            if self.c.paths[i].fd >= 0:
-                close(self.c.paths[i].fd)
-                self.c.paths[i].fd = -1
+            s = &self.c.paths[i].sock
+            for fd in (s.fd, s.count_fd, s.sysfs[0], s.sysfs[1], s.sysfs[2]):
+                if fd >= 0:
+                    close(fd)
+            s.fd = s.count_fd = -1
+            s.sysfs[0] = s.sysfs[1] = s.sysfs[2] = -1
+            hn_ring_close(&s.ring)
         for fd in (self.c.wake_fd, self.c.event_fd, self.c.ctl_fd):
             if fd >= 0:
                 close(fd)
@@ -1059,8 +1449,7 @@ cdef class Engine:
         pthread_mutex_lock(&self.c.lock)
         self.c.stop = True
         pthread_mutex_unlock(&self.c.lock)
-        if self.c.wake_fd >= 0:
-            wake(self.c.wake_fd)
+        wake(self.c.wake_fd)
 
     def realtime_error(self):
         """errno of switching the loop thread to SCHED_FIFO (0: done, or not asked for)."""
@@ -1070,17 +1459,10 @@ cdef class Engine:
         return self.c.event_fd
 
     def drain(self):
-        """Queued events as tuples (kind, path, t_ns, a, b, c, d), oldest first."""
-        cdef Event *e
-        cdef list out = []
-        drain_fd(self.c.event_fd)
-        pthread_mutex_lock(&self.c.lock)
-        while self.c.ev_head != self.c.ev_tail:
-            e = &self.c.events[self.c.ev_head % EVENT_QUEUE]
-            out.append((e.kind, e.path, e.t_ns, e.a, e.b, e.c, e.d))
-            self.c.ev_head += 1
-        pthread_mutex_unlock(&self.c.lock)
-        return out
+        """Queued events as hanet.model events, oldest first."""
+        if self.c.event_fd >= 0:
+            drain_fd(self.c.event_fd)
+        return drain_events(self.c, self.names)
 
     def overflow(self):
         return self.c.ev_overflow
@@ -1092,64 +1474,72 @@ cdef class Engine:
     def pause(self, int i):
         self._path(i)
         pthread_mutex_lock(&self.c.lock)
-        self.c.paths[i].paused = True
+        self.c.paths[i].s.paused = True
         pthread_mutex_unlock(&self.c.lock)
 
     def resume(self, int i):
         """Events again, judged from fresh counters: the path is unknown until proven either way."""
-        cdef Path *p
         self._path(i)
         pthread_mutex_lock(&self.c.lock)
-        p = &self.c.paths[i]
-        p.paused = False
-        p.state = STATE_UNKNOWN
-        p.misses = p.oks = 0
-        reset_window(p)
+        session_resume(&self.c.paths[i])
         pthread_mutex_unlock(&self.c.lock)
 
     def send_notice(self, int i, int active):
+        cdef Path *p
         self._path(i)
         if not 0 <= active < 256:
             raise ValueError(f"active path {active} out of range")
         pthread_mutex_lock(&self.c.lock)
         p = &self.c.paths[i]
-        self.c.seq += 1
-        p.notice_id = self.c.seq
-        p.notice_active = active
-        p.notice_left = NOTICE_COPIES
-        p.notice_next = mono_ns()
+        p.notice.id = next_seq(self.c, mono_ns())  # the notice's own number: copies share it
+        p.notice.active = active
+        p.notice.left = NOTICE_COPIES
+        p.notice.next = mono_ns()
         pthread_mutex_unlock(&self.c.lock)
         wake(self.c.wake_fd)
 
     def rebind(self, int i):
         """Reopen path ``i``'s socket by interface name (it may have a new ifindex)."""
-        cdef int fd, idx, old
+        cdef int fd, idx, cfd, old, old_count, source, bit, k
+        cdef int fds[3]
+        cdef int old_sysfs[3]
+        cdef hn_ring ring, old_ring
         self._path(i)
-        fd = open_path_socket(self.c.paths[i].ifname, self.c.ethertype, &idx)
+        fd = open_path_socket(self.c, i, &idx, &cfd, &ring)
         if fd < 0:
             raise OSError(-fd, f"path[{i}] {self.names[i]}: cannot reopen AF_PACKET socket: "
                                f"{strerror(-fd).decode()}")
+        source = self._calibrate(i, idx, fds, &bit)
         pthread_mutex_lock(&self.c.lock)
-        old = self.c.paths[i].fd
-        self.c.paths[i].fd, self.c.paths[i].ifindex = fd, idx
+        collect_socket_stats(&self.c.paths[i])
+        old, old_count = self.c.paths[i].sock.fd, self.c.paths[i].sock.count_fd
+        self.c.paths[i].sock.fd, self.c.paths[i].sock.count_fd = fd, cfd
+        old_ring, self.c.paths[i].sock.ring = self.c.paths[i].sock.ring, ring
+        self.c.paths[i].sock.ifindex = idx
+        self._install_carrier(i, source, fds, old_sysfs)  # the loop reports the carrier change
         pthread_mutex_unlock(&self.c.lock)
-        if old >= 0:
-            close(old)
+        hn_ring_close(&old_ring)
+        for fd in (old, old_count, old_sysfs[0], old_sysfs[1], old_sysfs[2]):
+            if fd >= 0:
+                close(fd)
         wake(self.c.wake_fd)
         return idx
 
     def carrier(self, int i):
         self._path(i)
-        return self.c.paths[i].carrier == 1
+        return self.c.paths[i].sock.carrier == 1
 
     def poll_carrier_now(self):
-        """Read every path's carrier bit now, on the calling thread, ahead of the loop's next
-        poll; changes are queued as link events like the loop's own."""
+        """Read every path's carrier now, on the calling thread, ahead of the loop's next poll;
+        changes are queued as link events like the loop's own. The lock-free counters are read
+        under the core lock; the ioctl, where a path has no counters, outside it."""
         with nogil:
             pthread_mutex_lock(&self.c.lock)
-            if self.c.ctl_fd >= 0:
-                poll_carrier(self.c, mono_ns())
+            self.c.ioctl_poll_due = False
+            poll_counters(self.c, mono_ns())
             pthread_mutex_unlock(&self.c.lock)
+            if self.c.ctl_fd >= 0:
+                poll_ioctl_paths(self.c)
 
     def snapshot(self, int i):
         """Counters and sample rings (oldest first) of path ``i``.
@@ -1159,7 +1549,7 @@ cdef class Engine:
         show up as late replies).
         """
         cdef Path *copy
-        cdef uint64_t k, n_rtt, n_lag
+        cdef uint64_t k, n_rtt, n_lag, seq, refused
         cdef int64_t timeout
         cdef Path *p
         self._path(i)
@@ -1169,22 +1559,119 @@ cdef class Engine:
         try:
             with nogil:
                 pthread_mutex_lock(&self.c.lock)
+                collect_socket_stats(&self.c.paths[i])
                 memcpy(copy, &self.c.paths[i], sizeof(Path))
-                timeout = reply_timeout(self.c, copy)
+                timeout = reply_timeout(self.c, &copy.s)
+                seq, refused = self.c.seq, self.c.seq_refused
                 pthread_mutex_unlock(&self.c.lock)
             p = copy
-            n_rtt = p.rtt_n if p.rtt_n < SAMPLES else SAMPLES
-            n_lag = p.lag_n if p.lag_n < SAMPLES else SAMPLES
+            n_rtt = p.smp.rtt_n if p.smp.rtt_n < SAMPLES else SAMPLES
+            n_lag = p.smp.lag_n if p.smp.lag_n < SAMPLES else SAMPLES
             return {
-                "interface": self.names[i], "ifindex": p.ifindex, "state": STATES[p.state],
-                "paused": bool(p.paused), "sent": p.sent, "received": p.received,
-                "answered": p.answered, "send_errors": p.send_errors,
-                "notices_sent": p.notices_sent, "notices_received": p.notices_received,
-                "drops": {DROP_REASONS[k]: p.drops[k] for k in range(N_DROPS) if p.drops[k]},
-                "carrier": p.carrier == 1, "last_reply_ns": p.last_reply_ns,
-                "rtt_max_ns": p.rtt_max, "send_lag_max_ns": p.lag_max, "reply_timeout_ns": timeout,
-                "rtt_samples": [p.rtt[(p.rtt_n - n_rtt + k) % SAMPLES] for k in range(n_rtt)],
-                "lag_samples": [p.lag[(p.lag_n - n_lag + k) % SAMPLES] for k in range(n_lag)],
+                "interface": self.names[i], "ifindex": p.sock.ifindex, "state": STATES[p.s.state],
+                "paused": bool(p.s.paused), "heard": bool(p.s.heard),
+                "peer_path": p.s.peer_path if p.s.peer_path >= 0 else None,
+                "sent": p.n.sent, "received": p.n.received,
+                "answered": p.n.answered, "send_errors": p.n.send_errors,
+                "notices_sent": p.n.notices_sent, "notices_received": p.n.notices_received,
+                "drops": {DROP_REASONS[k]: p.n.drops[k] for k in range(N_DROPS) if p.n.drops[k]},
+                "filtered": p.n.filtered, "rcvbuf_overflow": p.n.overflow,
+                "rx_ring": p.sock.ring.map != NULL, "confirms": p.n.confirms,
+                "crossed": p.n.crossed,
+                "carrier": p.sock.carrier == 1, "carrier_source": CARRIER_SOURCES[p.sock.carrier_source],
+                "carrier_reads": p.n.carrier_reads, "carrier_ioctls": p.n.carrier_ioctls,
+                "seq_left": wire.U64_MAX - seq, "seq_refused": refused,
+                "last_reply_ns": p.smp.last_reply_ns,
+                "rtt_max_ns": p.smp.rtt_max, "send_lag_max_ns": p.smp.lag_max, "reply_timeout_ns": timeout,
+                "rtt_samples": [p.smp.rtt[(p.smp.rtt_n - n_rtt + k) % SAMPLES] for k in range(n_rtt)],
+                "lag_samples": [p.smp.lag[(p.smp.lag_n - n_lag + k) % SAMPLES] for k in range(n_lag)],
             }
         finally:
             free(copy)
+
+
+cdef class SessionModel:
+    """One path's session and replay window with no socket and an explicit clock: the C logic
+    the loop runs, driven the way hanet.session.Session is, so one test suite checks both."""
+    cdef Core *c
+
+    def __cinit__(self, *, interval_ns, multiplier, recover_count, window=64, reply_timeout_ns=0,
+                  seq_start=1, confirm_ns=0):
+        _integer("interval_ns", interval_ns, 1, 60 * 10**9)
+        _integer("multiplier", multiplier, 1, 1000)
+        _integer("recover_count", recover_count, 1, 1000)
+        _integer("window", window, 1, WINDOW_BITS)
+        _integer("reply_timeout_ns", reply_timeout_ns, 0, interval_ns)
+        _integer("seq_start", seq_start, 0, wire.U64_MAX)
+        _integer("confirm_ns", confirm_ns, 0, interval_ns)
+        self.c = <Core *>calloc(1, sizeof(Core))
+        if self.c == NULL:
+            raise MemoryError()
+        init_core(self.c, 1)
+        self.c.interval_ns, self.c.multiplier, self.c.recover_count = interval_ns, multiplier, recover_count
+        self.c.window, self.c.reply_timeout_ns, self.c.seq = window, reply_timeout_ns, seq_start
+        self.c.confirm_ns = confirm_ns
+
+    def __dealloc__(self):
+        if self.c != NULL:
+            pthread_mutex_destroy(&self.c.lock)
+            free(self.c)
+            self.c = NULL
+
+    def request(self, int64_t now, bint confirm=False):
+        """Sequence number of a request sent at ``now`` (0: nothing sent); counts a pending miss."""
+        return session_request(self.c, 0, now, confirm)
+
+    def deadline(self):
+        """When the outstanding request's miss counts (0: nothing pending)."""
+        return self.c.paths[0].s.reply_deadline
+
+    def overdue(self, int64_t now):
+        """Count the miss if the deadline has passed; True: send a confirmation request now."""
+        if self.c.paths[0].s.reply_deadline and now >= self.c.paths[0].s.reply_deadline:
+            return session_overdue(self.c, 0, now)
+        return False
+
+    def reply(self, uint64_t seq, uint64_t echo_seq, uint64_t echo_ns, int64_t now):
+        """A reply frame (already authenticated) arrives: the drop reason or "ok"."""
+        cdef int code = window_check(&self.c.paths[0].win, seq, self.c.window)
+        if code == FRAME_OK and not reply_matches(&self.c.paths[0].s, echo_seq, echo_ns):
+            code = DROP_LATE
+        if code != FRAME_OK:
+            return DROP_REASONS[code]
+        window_accept(&self.c.paths[0].win, seq)
+        session_reply(self.c, 0, seq, now)
+        return "ok"
+
+    def frame(self, uint64_t seq):
+        """Any other authenticated frame with ``seq``: "ok" (accepted) or the drop reason."""
+        cdef int code = window_check(&self.c.paths[0].win, seq, self.c.window)
+        if code != FRAME_OK:
+            return DROP_REASONS[code]
+        window_accept(&self.c.paths[0].win, seq)
+        return "ok"
+
+    def pause(self):
+        self.c.paths[0].s.paused = True
+
+    def resume(self):
+        session_resume(&self.c.paths[0])
+
+    @property
+    def state(self):
+        return STATES[self.c.paths[0].s.state]
+
+    @property
+    def heard(self):
+        return bool(self.c.paths[0].s.heard)
+
+    @property
+    def sent_ns(self):
+        return self.c.paths[0].s.out_sent_ns
+
+    @property
+    def seq(self):
+        return self.c.seq
+
+    def drain(self):
+        return drain_events(self.c, ["path0"])

@@ -85,6 +85,9 @@ class HeartbeatConfig:
     key_file: str = "/etc/hanet/heartbeat.key"
     replay_window: int = 64
     key: bytes = field(default=b"", repr=False)  # read from key_file at load time
+    rcvbuf_kb: int = 4096  # receive ring of each path socket: room for bursts of junk frames
+    rt_priority: int = 0  # SCHED_FIFO priority of the probe thread (needs CAP_SYS_NICE); 0 = normal
+    confirm_ms: float = 0.0  # confirmation probing's floor; 0 = off
 
 
 @dataclass(frozen=True)
@@ -447,11 +450,17 @@ def _parse(doc: dict, file: str, base_dir: str, interface_exists: Callable[[str]
         ethertype=hb.number("ethertype", d.ethertype, 0x0600, 0xFFFF, integer=True),
         key_file=hb.get("key_file", str, d.key_file),
         replay_window=hb.number("replay_window", d.replay_window, 1, 1024, integer=True),
+        rcvbuf_kb=hb.number("rcvbuf_kb", d.rcvbuf_kb, 64, 1 << 20, integer=True),
+        rt_priority=hb.number("rt_priority", d.rt_priority, 0, 99, integer=True),
+        confirm_ms=float(hb.number("confirm_ms", d.confirm_ms, 0, 60000)),
     )
     hb.done()
     if heartbeat.reply_timeout_ms > heartbeat.interval_ms:
         _report(file, "heartbeat.reply_timeout_ms",
                 f"{heartbeat.reply_timeout_ms} ms is longer than interval_ms ({heartbeat.interval_ms} ms)")
+    if heartbeat.confirm_ms > heartbeat.interval_ms:
+        _report(file, "heartbeat.confirm_ms",
+                f"{heartbeat.confirm_ms} ms is longer than interval_ms ({heartbeat.interval_ms} ms)")
     if heartbeat.ethertype in (0x0800, 0x0806, 0x86DD, 0x8100, 0x88A8, 0x88CC):
         _report(file, "heartbeat.ethertype", f"0x{heartbeat.ethertype:04X} belongs to another protocol")
     try:

@@ -2,21 +2,12 @@
 
 hanet._fastprobe carries the same codec in C for the hot path; the unit tests run one suite
 against both, so they agree byte for byte. The frame is the payload of an Ethernet frame with
-hanet's EtherType, sent to a fixed group address so it survives MAC moves between NICs.
+hanet's EtherType, sent to a fixed group address so it survives MAC moves between NICs. Its
+layout and constants are in hanet.wire.
 
-Layout (network byte order), ``FRAME_LEN`` bytes:
-
-    off  size  field
-      0     1  version          VERSION
-      1     1  kind             KIND_REQUEST / KIND_REPLY / KIND_NOTICE
-      2     1  path             sender's path index (both nodes list paths in the same order)
-      3     1  active           NOTICE: path index the sender's identity now sits on; else 0
-      4    16  node_id          sender's node id, UTF-8, zero padded
-     20     8  seq              sender's sequence number (starts at CLOCK_REALTIME ns, +1 a frame)
-     28     8  send_ns          sender's CLOCK_MONOTONIC ns at send
-     36     8  echo_seq         REPLY: the request's seq; NOTICE: the notice id; else 0
-     44     8  echo_ns          REPLY: the request's send_ns; else 0
-     52    16  mac              HMAC-SHA256(key, bytes 0..51) truncated to 16 bytes
+Decoding checks the cheap things first (length, version, kind) and authenticates before it
+reads any other field. Encoding refuses a field out of its range (ValueError) rather than
+truncate it: a frame says exactly what its caller meant or is not made.
 """
 from __future__ import annotations
 
@@ -25,19 +16,12 @@ import hmac
 import struct
 from dataclasses import dataclass
 
-VERSION = 1
-KIND_REQUEST = 1
-KIND_REPLY = 2
-KIND_NOTICE = 3
-KINDS = (KIND_REQUEST, KIND_REPLY, KIND_NOTICE)
+from hanet.wire import (BODY_LEN, FRAME_LEN, GROUP_MAC, KIND_NOTICE, KIND_REPLY, KIND_REQUEST,
+                        KINDS, MAC_LEN, NODE_ID_LEN, U8_MAX, U64_MAX, VERSION)
 
-NODE_ID_LEN = 16
-MAC_LEN = 16
-BODY_LEN = 52
-FRAME_LEN = BODY_LEN + MAC_LEN
-
-#: Locally administered multicast group ("\x03hanet"): not tied to any NIC's MAC.
-GROUP_MAC = bytes.fromhex("0368616e6574")
+__all__ = ["Frame", "encode", "decode", "node_id_field", "mac", "VERSION", "KIND_REQUEST",
+           "KIND_REPLY", "KIND_NOTICE", "KINDS", "NODE_ID_LEN", "MAC_LEN", "BODY_LEN", "FRAME_LEN",
+           "GROUP_MAC", "OK", "SHORT", "LONG", "BAD_VERSION", "BAD_AUTH", "BAD_KIND"]
 
 _BODY = struct.Struct("!BBBB16sQQQQ")
 
@@ -73,7 +57,22 @@ def mac(key: bytes, body: bytes) -> bytes:
     return hmac.digest(key, body, hashlib.sha256)[:MAC_LEN]
 
 
+def check_fields(frame: Frame) -> None:
+    """ValueError naming the first field out of its range."""
+    for name in ("kind", "path", "active"):
+        value = getattr(frame, name)
+        if not isinstance(value, int) or not 0 <= value <= U8_MAX:
+            raise ValueError(f"{name} {value!r} is not 0..{U8_MAX}")
+    for name in ("seq", "send_ns", "echo_seq", "echo_ns"):
+        value = getattr(frame, name)
+        if not isinstance(value, int) or not 0 <= value <= U64_MAX:
+            raise ValueError(f"{name} {value!r} is not 0..2**64-1")
+    if not isinstance(frame.node_id, bytes) or len(frame.node_id) != NODE_ID_LEN:
+        raise ValueError(f"node_id must be {NODE_ID_LEN} bytes")
+
+
 def encode(key: bytes, frame: Frame) -> bytes:
+    check_fields(frame)
     body = _BODY.pack(VERSION, frame.kind, frame.path, frame.active, frame.node_id,
                       frame.seq, frame.send_ns, frame.echo_seq, frame.echo_ns)
     return body + mac(key, body)
@@ -89,10 +88,10 @@ def decode(key: bytes, data: bytes) -> tuple[str, Frame | None]:
         return SHORT, None
     if len(data) > FRAME_LEN:
         return LONG, None
-    if not hmac.compare_digest(mac(key, data[:BODY_LEN]), data[BODY_LEN:]):
+    if data[1] not in KINDS:
+        return BAD_KIND, None
+    if not hmac.compare_digest(mac(key, bytes(data[:BODY_LEN])), bytes(data[BODY_LEN:])):
         return BAD_AUTH, None
     _, kind, path, active, node_id, seq, send_ns, echo_seq, echo_ns = _BODY.unpack_from(data)
-    if kind not in KINDS:
-        return BAD_KIND, None
     return OK, Frame(kind=kind, path=path, node_id=node_id, seq=seq, send_ns=send_ns,
                      active=active, echo_seq=echo_seq, echo_ns=echo_ns)

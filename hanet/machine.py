@@ -448,6 +448,8 @@ INPUT_OF: dict[str, str] = {
     m.AddressRemoved.type: "address_removed",
     m.PathQuality.type: "noted",  # becomes path_failed / path_restored when it crosses the threshold
     m.PeerNotice.type: "peer_moved",
+    m.PathCrossed.type: "noted",
+    m.SequenceLow.type: "noted",
     m.TimerFired.type: "noted",   # refined by the timer's name
     m.ActionDone.type: "step_done",
     m.ActionFailed.type: "step_failed",

@@ -346,3 +346,20 @@ class CancelTimer(Action):
 
 #: Actions that change the kernel; everything else is internal to the daemon.
 KERNEL_ACTIONS = (DisableNic, PlumbNic, ConfigureNic, EnableNic, Announce, MoveRoutes)
+
+
+@event
+class PathCrossed(Event):
+    """Path ``path`` hears the peer's path ``peer_path``: the cables are crossed (or re-cabled).
+    The prober names each change once; frames of another path are dropped, never answered."""
+    type: ClassVar[str] = "path.crossed"
+    path: int = 0
+    peer_path: int = 0
+
+
+@event
+class SequenceLow(Event):
+    """This node's heartbeat sequence numbers are nearly used up (``remaining`` left; 0: none,
+    and nothing is sent any more rather than a number reused)."""
+    type: ClassVar[str] = "probe.seq_low"
+    remaining: int = 0

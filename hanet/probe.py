@@ -6,10 +6,14 @@ There is no pure-Python fallback: if hanet._fastprobe cannot be imported, neithe
 """
 from __future__ import annotations
 
+import logging
+import os
 import threading
 
 from hanet import _fastprobe, model
 from hanet.config import Config
+
+log = logging.getLogger("hanet")
 
 
 def percentile(samples: list[int], q: float) -> int:
@@ -20,42 +24,25 @@ def percentile(samples: list[int], q: float) -> int:
     return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))]
 
 
-Kind = _fastprobe.EventKind
-
-
-def _to_event(kind: int, path: int, t_ns: int, a: int, b: int, c: int, d: int) -> model.Event:
-    if kind == Kind.EV_SUSPECT:
-        return model.HeartbeatSuspect(t_ns=t_ns, path=path, misses=a, send_lag_max_ns=c,
-                                      recv_delay_max_ns=d)
-    if kind == Kind.EV_LOST:
-        return model.HeartbeatLost(t_ns=t_ns, path=path, misses=a, first_miss_ns=b,
-                                   send_lag_max_ns=c, recv_delay_max_ns=d)
-    if kind == Kind.EV_CLEARED:
-        return model.HeartbeatCleared(t_ns=t_ns, path=path, rtt_ns=a)
-    if kind == Kind.EV_RECOVERED:
-        return model.HeartbeatRecovered(t_ns=t_ns, path=path, replies=a, rtt_ns=b)
-    if kind == Kind.EV_LINK_DOWN:
-        return model.LinkDown(t_ns=t_ns, path=path, source="poll")
-    if kind == Kind.EV_LINK_UP:
-        return model.LinkUp(t_ns=t_ns, path=path, source="poll")
-    if kind == Kind.EV_NOTICE:
-        return model.PeerNotice(t_ns=t_ns, path=path, active=a, peer_seq=b)
-    if kind == Kind.EV_QUALITY:
-        return model.PathQuality(t_ns=t_ns, path=path, loss_ppm=a, rtt_p50_ns=b, rtt_p99_ns=c)
-    raise ValueError(f"unknown probe event kind {kind}")
-
-
 class Prober:
     """Probes and answers on every path of ``cfg`` (path id = index in ``cfg.paths``).
 
-    ``rt_priority`` > 0 runs the loop thread SCHED_FIFO at that priority, so a busy host does not
-    delay heartbeats (and cause false losses); it needs CAP_SYS_NICE, and without it the loop
-    runs at normal priority and ``realtime_error()`` tells why. ``seq_start`` > 0 is the first
-    sequence number (hanet.seqfloor); 0 starts at the wall clock in ns.
+    ``rt_priority`` > 0 (default: ``heartbeat.rt_priority``) runs the loop thread SCHED_FIFO at
+    that priority, so a busy host does not delay heartbeats (and cause false losses); it needs
+    CAP_SYS_NICE, and without it the loop runs at normal priority and ``realtime_error()`` tells
+    why (logged once at start). ``seq_start`` > 0 is the first sequence number
+    (hanet.seqfloor); 0 starts at the wall clock in ns.
+
+    The carrier is read from the kernel's lock-free counters (sysfs carrier_up_count and
+    carrier_down_count, pread on open files) where this namespace's sysfs shows them, checked
+    once against ETHTOOL_GLINK; ``carrier="ioctl"`` forces the ETHTOOL_GLINK read, which takes the
+    kernel's RTNL lock (the loop makes it outside its own lock), for comparison.
     """
 
-    def __init__(self, cfg: Config, rt_priority: int = 0, seq_start: int = 0):
+    def __init__(self, cfg: Config, rt_priority: int | None = None, seq_start: int = 0,
+                 carrier: str = "auto"):
         hb = cfg.heartbeat
+        self._rt_priority = hb.rt_priority if rt_priority is None else rt_priority
         self._engine = _fastprobe.Engine(
             node_id=cfg.node_id, peer_id=cfg.peer_id, key=hb.key,
             paths=[(p.interface, p.peer_mac) for p in cfg.paths],
@@ -64,9 +51,12 @@ class Prober:
             ethertype=hb.ethertype, replay_window=hb.replay_window,
             poll_interval_ms=cfg.link.poll_interval_ms,
             quality_window_ms=cfg.quality.window_ms if cfg.quality.enabled else 0.0,
-            rt_priority=rt_priority, seq_start=seq_start,
+            rt_priority=self._rt_priority, seq_start=seq_start,
+            rcvbuf_bytes=int(hb.rcvbuf_kb) * 1024, carrier=carrier, confirm_ms=hb.confirm_ms,
         )
         self._names = [p.name for p in cfg.paths]
+        self._interfaces = [p.interface for p in cfg.paths]
+        self._peer = cfg.peer_id
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -76,6 +66,14 @@ class Prober:
         self._engine.open()
         self._thread = threading.Thread(target=self._engine.run, name="hanet-probe", daemon=True)
         self._thread.start()
+        if self._rt_priority:
+            threading.Timer(0.1, self._report_realtime).start()
+
+    def _report_realtime(self) -> None:
+        err = self._engine.realtime_error()
+        if err:
+            log.warning("probe thread runs at normal priority: SCHED_FIFO %d refused errno=%d (%s)",
+                        self._rt_priority, err, os.strerror(err))
 
     def stop(self) -> None:
         if self._thread is None:
@@ -96,7 +94,21 @@ class Prober:
         return self._engine.event_fileno()
 
     def drain(self) -> list[model.Event]:
-        return [_to_event(*raw) for raw in self._engine.drain()]
+        events = self._engine.drain()
+        for ev in events:
+            self._explain(ev)
+        return events
+
+    def _explain(self, ev: model.Event) -> None:
+        """The one log line an operator needs for the prober's own alarms."""
+        if isinstance(ev, model.PathCrossed):
+            log.warning("%s hears %s's path %d (%s): cables crossed? path=%d peer_path=%d",
+                        self._interfaces[ev.path], self._peer, ev.peer_path,
+                        self._names[ev.peer_path] if ev.peer_path < len(self._names) else "unknown",
+                        ev.path, ev.peer_path)
+        elif isinstance(ev, model.SequenceLow):
+            log.error("heartbeat sequence numbers nearly used up remaining=%d%s", ev.remaining,
+                      ": nothing is sent any more" if ev.remaining == 0 else "")
 
     def pause(self, path: int) -> None:
         self._engine.pause(path)

@@ -21,6 +21,9 @@ log = logging.getLogger("hanet")
 
 BLOCK = 1 << 40
 MAX_SEQ = (1 << 64) - 1
+#: A floor above this (the wall clock in the year 2262) was not written by a run: reading it
+#: would start every run at the end of the space, so it is set aside as damaged.
+PLAUSIBLE_MAX = 1 << 63
 
 
 def path_for(eventlog_path: str) -> str:
@@ -37,8 +40,8 @@ def read_floor(path: str) -> int:
     except (OSError, UnicodeDecodeError) as exc:
         log.warning("seqfloor unreadable path=%s error=%r: starting from the wall clock", path, str(exc))
         return 0
-    if not text.isdigit() or int(text) > MAX_SEQ:
-        log.warning("seqfloor damaged path=%s content=%r: starting from the wall clock", path, text[:40])
+    if not text.isdigit() or int(text) > PLAUSIBLE_MAX:
+        log.error("seqfloor damaged path=%s content=%r: starting from the wall clock", path, text[:40])
         return 0
     return int(text)
 
@@ -49,7 +52,13 @@ def reserve(path: str, wall_ns: int) -> int:
     A failed write is logged, not raised: heartbeats must start even on a read-only disk, and
     they then depend on the wall clock alone.
     """
-    start = min(max(wall_ns, read_floor(path)), MAX_SEQ - BLOCK)
+    start = max(wall_ns, read_floor(path))
+    if start > MAX_SEQ - BLOCK:
+        # Only a wall clock past the year 2554 gets here; clamping alone would hand every later
+        # run the same start, so say it each time.
+        log.error("seqfloor exhausted path=%s start=%d: heartbeat sequence numbers may repeat "
+                  "the last run's", path, start)
+        start = MAX_SEQ - BLOCK
     tmp = f"{path}.tmp"
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -15,17 +15,16 @@ KEY = b"0123456789abcdef-shared-key"
 CODECS = [pytest.param(frame, id="python"), pytest.param(_fastprobe, id="cython")]
 
 u64 = st.integers(min_value=0, max_value=2**64 - 1)
-u63 = st.integers(min_value=0, max_value=2**63 - 1)  # send/echo times are signed ns in C
 frames = st.builds(
     frame.Frame,
     kind=st.sampled_from(frame.KINDS),
     path=st.integers(0, 255),
     node_id=st.binary(min_size=16, max_size=16),
     seq=u64,
-    send_ns=u63,
+    send_ns=u64,
     active=st.integers(0, 255),
     echo_seq=u64,
-    echo_ns=u63,
+    echo_ns=u64,
 )
 
 
@@ -73,7 +72,12 @@ def test_codecs_agree_on_any_input(data):
 def test_any_changed_byte_is_refused(f, where, flip):
     data = bytearray(frame.encode(KEY, f))
     data[where] ^= flip
-    expected = frame.BAD_VERSION if where == 0 else frame.BAD_AUTH
+    if where == 0:
+        expected = frame.BAD_VERSION
+    elif where == 1 and data[1] not in frame.KINDS:
+        expected = frame.BAD_KIND  # the free checks come before the HMAC
+    else:
+        expected = frame.BAD_AUTH
     for codec in (frame, _fastprobe):
         assert codec.decode(KEY, bytes(data)) == (expected, None)
 
@@ -87,6 +91,36 @@ def test_drop_reasons(codec):
     assert codec.decode(KEY, b"\x02" + good[1:]) == (frame.BAD_VERSION, None)
     assert codec.decode(b"another-key-of-16-bytes", good) == (frame.BAD_AUTH, None)
     assert codec.decode(KEY, codec.encode(KEY, sample(kind=9))) == (frame.BAD_KIND, None)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("field,top", [("kind", 255), ("path", 255), ("active", 255),
+                                       ("seq", 2**64 - 1), ("send_ns", 2**64 - 1),
+                                       ("echo_seq", 2**64 - 1), ("echo_ns", 2**64 - 1)])
+def test_encoder_refuses_values_out_of_range_instead_of_truncating(codec, field, top):
+    assert codec.encode(KEY, sample(**{field: top})) == frame.encode(KEY, sample(**{field: top}))
+    for bad in (top + 1, -1):
+        with pytest.raises(ValueError, match=field):
+            codec.encode(KEY, sample(**{field: bad}))
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_encoder_refuses_a_node_id_of_the_wrong_size(codec):
+    with pytest.raises(ValueError, match="node_id"):
+        codec.encode(KEY, sample(node_id=b"short"))
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_send_ns_with_the_top_bit_set_is_unsigned_in_both_codecs(codec):
+    top_bit = sample(send_ns=2**63 + 5, echo_ns=2**64 - 1)
+    assert codec.decode(KEY, codec.encode(KEY, top_bit)) == (frame.OK, top_bit)
+    assert _fastprobe.decode(KEY, frame.encode(KEY, top_bit)) == frame.decode(KEY, _fastprobe.encode(KEY, top_bit))
+
+
+def test_both_codecs_share_one_set_of_constants():
+    from hanet import wire
+    assert frame.FRAME_LEN == wire.FRAME_LEN and frame.GROUP_MAC == wire.GROUP_MAC
+    assert _fastprobe.DROP_REASONS == wire.DROP_REASONS
 
 
 def test_reason_names_are_shared():

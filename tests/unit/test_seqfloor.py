@@ -52,3 +52,13 @@ def test_missing_parent_directory_is_created(tmp_path):
     path = str(tmp_path / "var" / "lib" / "hanet" / "events.hlog.seq")
     seqfloor.reserve(path, NOW)
     assert seqfloor.read_floor(path) == NOW + seqfloor.BLOCK
+
+
+def test_a_floor_at_the_end_of_the_space_is_set_aside_not_reused_by_every_run(tmp_path, caplog):
+    path = tmp_path / "events.hlog.seq"
+    path.write_text(f"{seqfloor.MAX_SEQ - 10}\n")
+    with caplog.at_level(logging.ERROR, logger="hanet"):
+        first = seqfloor.reserve(str(path), NOW)
+    assert first == NOW and "seqfloor damaged" in caplog.text
+    second = seqfloor.reserve(str(path), NOW)  # the wall clock did not move: the floor did
+    assert second == NOW + seqfloor.BLOCK > first

@@ -1,0 +1,232 @@
+"""One path's heartbeat session in pure Python: the reference for the C logic in hanet._fastprobe.
+
+The probe loop runs this logic in C, without the GIL; this module says the same thing in Python,
+and the unit tests drive both (this ``Session`` and ``_fastprobe.SessionModel``) with the same
+calls and compare every answer and event. Time is passed in (``now``, CLOCK_MONOTONIC ns).
+
+What a session decides:
+
+* each request waits for its reply until the next request, except the one whose miss would
+  declare the path lost: it waits the reply timeout (fixed, or srtt + 4 rttvar of the path's RTT
+  as in RFC 6298, at least 0.25 ms, at most the interval);
+* the first miss after "up" makes the path suspect, ``multiplier`` misses in a row make it lost;
+  a reply clears a suspect path, ``recover_count`` replies in a row recover a lost or unknown one;
+* a reply counts only if it echoes the request still outstanding (its sequence number and send
+  time), so a reply recorded in an earlier run never matches;
+* the replay window accepts each of the peer's sequence numbers once, within ``window`` below the
+  highest seen; the first matching reply of a run closes the window below itself, so nothing the
+  peer sent before this run proved it alive (a recording replayed now) is taken as new;
+* sequence numbers never wrap: an alarm when fewer than 2**32 are left, and none at all (nothing
+  is sent) once they are used up;
+* with confirmation probing (``confirm_ns`` > 0, heartbeat.confirm_ms), a path believed up that
+  misses a reply is sent a confirmation request at once, which waits the RTT estimate (srtt + 4
+  rttvar, at least ``confirm_ns``, at most the interval) instead of a whole interval; scheduled
+  requests are not sent while it waits. So ``multiplier`` misses take one interval plus
+  (multiplier - 1) confirmation waits.
+"""
+from __future__ import annotations
+
+from hanet import model
+from hanet.wire import U64_MAX
+
+WINDOW_BITS = 1024
+REPLY_TIMEOUT_FLOOR_NS = 250_000
+SEQ_LOW_MARK = 1 << 32
+MISSES_CAP = 1 << 30
+
+UNKNOWN, UP, SUSPECT, LOST = "unknown", "up", "suspect", "lost"
+
+
+def _cdiv(a: int, b: int) -> int:
+    """C's integer division (truncates toward zero), which the C session uses."""
+    q = abs(a) // b
+    return q if a >= 0 else -q
+
+
+class ReplayWindow:
+    """The peer's sequence numbers seen, as a bitmap indexed modulo WINDOW_BITS (as in C)."""
+
+    def __init__(self) -> None:
+        self.have = False
+        self.top = 0
+        self.bits = [False] * WINDOW_BITS
+
+    def check(self, seq: int, window: int) -> str:
+        if not self.have or seq > self.top:
+            return "ok"
+        if self.top - seq >= window:
+            return "stale"
+        return "replay" if self.bits[seq % WINDOW_BITS] else "ok"
+
+    def accept(self, seq: int) -> None:
+        if not self.have:
+            self.bits = [False] * WINDOW_BITS
+            self.have, self.top = True, seq
+        elif seq > self.top:
+            steps = seq - self.top
+            if steps >= WINDOW_BITS:
+                self.bits = [False] * WINDOW_BITS
+            else:
+                for s in range(self.top + 1, seq + 1):
+                    self.bits[s % WINDOW_BITS] = False
+            self.top = seq
+        self.bits[seq % WINDOW_BITS] = True
+
+    def close_below(self, seq: int) -> None:
+        if not self.have or seq > self.top:
+            self.have, self.top = True, seq
+        self.bits = [True] * WINDOW_BITS
+
+
+class Session:
+    def __init__(self, *, interval_ns: int, multiplier: int, recover_count: int, window: int = 64,
+                 reply_timeout_ns: int = 0, seq_start: int = 1, confirm_ns: int = 0):
+        for name, value, low, high in (("interval_ns", interval_ns, 1, 60 * 10**9),
+                                       ("multiplier", multiplier, 1, 1000),
+                                       ("recover_count", recover_count, 1, 1000),
+                                       ("window", window, 1, WINDOW_BITS),
+                                       ("reply_timeout_ns", reply_timeout_ns, 0, interval_ns),
+                                       ("seq_start", seq_start, 0, U64_MAX),
+                                       ("confirm_ns", confirm_ns, 0, interval_ns)):
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"{name} {value!r} is outside [{low}, {high}]")
+        self.interval_ns, self.multiplier, self.recover_count = interval_ns, multiplier, recover_count
+        self.window, self.reply_timeout_ns, self.seq = window, reply_timeout_ns, seq_start
+        self.confirm_ns = confirm_ns
+        self.confirming = False
+        self.state = UNKNOWN
+        self.misses = self.oks = 0
+        self.paused = self.heard = self.outstanding = False
+        self.first_miss_ns = 0
+        self.out_seq = self.sent_ns = self._deadline = 0
+        self.srtt = self.rttvar = 0
+        self.win = ReplayWindow()
+        self.seq_low_told = self.seq_out_told = False
+        self.events: list[model.Event] = []
+
+    # ------------------------------------------------------------------ sequence numbers
+    def _next_seq(self, now: int) -> int:
+        if self.seq >= U64_MAX:
+            if not self.seq_out_told:
+                self.seq_out_told = True
+                self.events.append(model.SequenceLow(t_ns=now, remaining=0))
+            return 0
+        self.seq += 1
+        if U64_MAX - self.seq < SEQ_LOW_MARK and not self.seq_low_told:
+            self.seq_low_told = True
+            self.events.append(model.SequenceLow(t_ns=now, remaining=U64_MAX - self.seq))
+        return self.seq
+
+    # ------------------------------------------------------------------ session
+    def _emit(self, ev: model.Event) -> None:
+        if not self.paused:
+            self.events.append(ev)
+
+    def _miss(self, now: int) -> None:
+        if self.misses < MISSES_CAP:
+            self.misses += 1
+        self.oks = 0
+        if self.misses == 1:
+            self.first_miss_ns = now
+        if self.misses >= self.multiplier and self.state != LOST:
+            self.state = LOST
+            self._emit(model.HeartbeatLost(t_ns=now, path=0, misses=self.misses,
+                                           first_miss_ns=self.first_miss_ns))
+        elif self.state == UP:
+            self.state = SUSPECT
+            self._emit(model.HeartbeatSuspect(t_ns=now, path=0, misses=self.misses))
+
+    def _update_rto(self, rtt: int) -> None:
+        if self.srtt == 0:
+            self.srtt, self.rttvar = rtt, _cdiv(rtt, 2)
+            return
+        err = rtt - self.srtt
+        self.srtt += _cdiv(err, 8)
+        self.rttvar += _cdiv(abs(err) - self.rttvar, 4)
+
+    def reply_timeout(self) -> int:
+        t = self.reply_timeout_ns
+        if t == 0:
+            t = self.srtt + 4 * self.rttvar if self.srtt > 0 else self.interval_ns
+            t = max(t, REPLY_TIMEOUT_FLOOR_NS)
+        return min(t, self.interval_ns)
+
+    def confirm_wait(self) -> int:
+        t = self.srtt + 4 * self.rttvar if self.srtt > 0 else self.confirm_ns
+        return min(max(t, self.confirm_ns), self.interval_ns)
+
+    def request(self, now: int, confirm: bool = False) -> int:
+        if not confirm and self.confirming and self._deadline and now < self._deadline:
+            return 0  # a confirmation is waiting for its reply: it stands in for this request
+        if self._deadline and self._overdue(now):
+            confirm = True
+        seq = self._next_seq(now)
+        if seq == 0:
+            self.outstanding = self.confirming = False
+            return 0
+        self.outstanding, self.confirming, self.out_seq, self.sent_ns = True, confirm, seq, now
+        if confirm:
+            wait = self.confirm_wait()
+        elif self.misses + 1 >= self.multiplier:
+            wait = self.reply_timeout()
+        else:
+            wait = self.interval_ns
+        self._deadline = now + wait
+        return seq
+
+    def deadline(self) -> int:
+        return self._deadline
+
+    def _overdue(self, now: int) -> bool:
+        self._deadline = 0
+        self._miss(now)
+        return self.confirm_ns > 0 and self.state == SUSPECT
+
+    def overdue(self, now: int) -> bool:
+        """Count the miss if the deadline has passed; True: send a confirmation request now."""
+        if self._deadline and now >= self._deadline:
+            return self._overdue(now)
+        return False
+
+    def reply(self, seq: int, echo_seq: int, echo_ns: int, now: int) -> str:
+        code = self.win.check(seq, self.window)
+        if code == "ok" and not (self.outstanding and echo_seq == self.out_seq
+                                 and echo_ns == self.sent_ns & U64_MAX):
+            code = "late"
+        if code != "ok":
+            return code
+        self.win.accept(seq)
+        self.outstanding, self.confirming, self._deadline = False, False, 0
+        if not self.heard:
+            self.heard = True
+            self.win.close_below(seq)
+        rtt = now - self.sent_ns
+        self.misses = 0
+        self.oks += 1
+        self._update_rto(rtt)
+        if self.state == SUSPECT:
+            self.state = UP
+            self._emit(model.HeartbeatCleared(t_ns=now, path=0, rtt_ns=rtt))
+        elif self.state != UP and self.oks >= self.recover_count:
+            self.state = UP
+            self._emit(model.HeartbeatRecovered(t_ns=now, path=0, replies=self.oks, rtt_ns=rtt))
+        return "ok"
+
+    def frame(self, seq: int) -> str:
+        code = self.win.check(seq, self.window)
+        if code == "ok":
+            self.win.accept(seq)
+        return code
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        self.state = UNKNOWN
+        self.misses = self.oks = 0
+        self.confirming = False
+
+    def drain(self) -> list[model.Event]:
+        out, self.events = self.events, []
+        return out

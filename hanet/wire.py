@@ -1,0 +1,54 @@
+"""Heartbeat frame constants: the one list both codecs use.
+
+hanet.frame (the pure-Python reference codec) imports them; hanet._fastprobe compiles the same
+numbers into C and refuses to import if any of them differs (its module init compares them).
+
+Layout (network byte order), ``FRAME_LEN`` bytes:
+
+    off  size  field
+      0     1  version          VERSION
+      1     1  kind             KIND_REQUEST / KIND_REPLY / KIND_NOTICE
+      2     1  path             sender's path index (both nodes list paths in the same order)
+      3     1  active           NOTICE: path index the sender's identity now sits on; else 0
+      4    16  node_id          sender's node id, UTF-8, zero padded
+     20     8  seq              sender's sequence number (unsigned; +1 a frame, never wraps)
+     28     8  send_ns          sender's CLOCK_MONOTONIC ns at send (unsigned)
+     36     8  echo_seq         REPLY: the request's seq; NOTICE: the notice id; else 0
+     44     8  echo_ns          REPLY: the request's send_ns; else 0
+     52    16  mac              HMAC-SHA256(key, bytes 0..51) truncated to 16 bytes
+"""
+from __future__ import annotations
+
+VERSION = 1
+KIND_REQUEST = 1
+KIND_REPLY = 2
+KIND_NOTICE = 3
+KINDS = (KIND_REQUEST, KIND_REPLY, KIND_NOTICE)
+
+NODE_ID_LEN = 16
+MAC_LEN = 16
+BODY_LEN = 52
+FRAME_LEN = BODY_LEN + MAC_LEN
+
+OFF_VERSION = 0
+OFF_KIND = 1
+OFF_PATH = 2
+OFF_ACTIVE = 3
+OFF_NODE_ID = 4
+OFF_SEQ = 20
+OFF_SEND_NS = 28
+OFF_ECHO_SEQ = 36
+OFF_ECHO_NS = 44
+OFF_MAC = BODY_LEN
+
+U8_MAX = 0xFF
+U64_MAX = (1 << 64) - 1
+
+#: Locally administered multicast group ("\x03hanet"): not tied to any NIC's MAC.
+GROUP_MAC = bytes.fromhex("0368616e6574")
+
+#: Why a received frame was dropped, in the prober's counter order. The first five are the
+#: stateless decode's; the receiver adds the rest. Frames the kernel's socket filter refuses never
+#: reach a reason: they are counted apart ("filtered").
+DROP_REASONS = ("short", "long", "version", "auth", "kind", "node", "path", "src_mac", "replay",
+                "stale", "late", "unheard")

@@ -1,0 +1,241 @@
+"""One suite for both sessions: the C one the probe loop runs (_fastprobe.SessionModel) and the
+pure-Python reference (hanet.session.Session)."""
+from __future__ import annotations
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from hanet import _fastprobe, model, session
+
+IMPLS = [pytest.param(session.Session, id="python"), pytest.param(_fastprobe.SessionModel, id="cython")]
+MS = 1_000_000
+U64_MAX = 2**64 - 1
+
+
+def make(impl, **kw):
+    args = dict(interval_ns=10 * MS, multiplier=3, recover_count=3, window=64, seq_start=1000)
+    return impl(**{**args, **kw})
+
+
+def answer(s, now, peer_seq, rtt=50_000):
+    """The peer answers the request just sent."""
+    return s.reply(peer_seq, s.seq, s.sent_ns, now + rtt)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_recovered_after_recover_count_replies_then_suspect_lost_cleared(impl):
+    s = make(impl)
+    now, peer = 0, 5000
+    for k in range(3):
+        s.request(now)
+        peer += 1
+        assert answer(s, now, peer) == "ok"
+        now += 10 * MS
+    assert [type(e) for e in s.drain()] == [model.HeartbeatRecovered]
+    assert s.state == "up" and s.heard
+    s.request(now)
+    now += 10 * MS
+    s.request(now)  # the first request's deadline passed: one miss
+    assert [type(e) for e in s.drain()] == [model.HeartbeatSuspect]
+    peer += 1
+    assert answer(s, now, peer) == "ok"
+    assert [type(e) for e in s.drain()] == [model.HeartbeatCleared]
+    for _ in range(4):
+        now += 10 * MS
+        s.request(now)
+        s.overdue(now + 10 * MS)
+    events = s.drain()
+    assert [type(e) for e in events] == [model.HeartbeatSuspect, model.HeartbeatLost]
+    assert events[1].misses == 3 and s.state == "lost"
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_reply_counts_only_for_the_request_outstanding(impl):
+    s = make(impl)
+    seq = s.request(0)
+    assert s.reply(1, seq - 1, s.sent_ns, 10) == "late"
+    assert s.reply(2, seq, s.sent_ns + 1, 10) == "late"  # same seq, another run's send time
+    assert s.reply(3, seq, s.sent_ns, 10) == "ok"
+    assert s.reply(4, seq, s.sent_ns, 10) == "late"  # answered already
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_the_first_reply_of_a_run_closes_the_window_below_it(impl):
+    s = make(impl, window=64)
+    assert s.frame(100) == "ok"  # before any reply: a request of the peer, answered
+    assert s.frame(90) == "ok"
+    s.request(0)
+    assert answer(s, 0, 120) == "ok"
+    # Everything the peer sent before its first reply of this run is old now, recorded or not.
+    for old in (101, 110, 119, 120):
+        assert s.frame(old) in ("replay", "stale")
+    assert s.frame(121) == "ok"
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_replay_and_stale(impl):
+    s = make(impl, window=8)
+    assert s.frame(50) == "ok"
+    assert s.frame(50) == "replay"
+    assert s.frame(45) == "ok"
+    assert s.frame(45) == "replay"
+    assert s.frame(42) == "stale"
+    assert s.frame(5000) == "ok"
+    assert s.frame(50) == "stale"
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_the_largest_sequence_number_near_the_window_top_returns(impl):
+    # Within 1024 of the top: the window slides over the end of the space (once looped for ever).
+    s = make(impl, window=1024)
+    assert s.frame(U64_MAX - 5) == "ok"
+    assert s.frame(U64_MAX) == "ok"
+    assert s.frame(U64_MAX) == "replay"
+    assert s.frame(U64_MAX - 5) == "replay"
+    assert s.frame(U64_MAX - 3) == "ok"
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_sequence_exhaustion_is_an_alarm_never_a_reuse(impl):
+    s = make(impl, seq_start=U64_MAX - (1 << 32) - 1)
+    assert s.request(0) == U64_MAX - (1 << 32)
+    assert s.drain() == []
+    assert s.request(10 * MS) == U64_MAX - (1 << 32) + 1
+    low = [e for e in s.drain() if isinstance(e, model.SequenceLow)]
+    assert low and low[0].remaining == (1 << 32) - 1
+    s2 = make(impl, seq_start=U64_MAX - 1)
+    assert s2.request(0) == U64_MAX
+    assert s2.drain() == [model.SequenceLow(t_ns=0, remaining=0)]
+    assert s2.request(10 * MS) == 0  # nothing left: nothing sent, nothing reused
+    assert s2.drain() == [model.SequenceLow(t_ns=10 * MS, remaining=0)]  # refused: told once
+    assert s2.request(20 * MS) == 0
+    assert s2.drain() == []
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_confirmation_probing_declares_lost_after_one_interval_and_short_waits(impl):
+    s = make(impl, confirm_ns=1 * MS)
+    now, peer = 0, 5000
+    for _ in range(3):
+        s.request(now)
+        peer += 1
+        assert answer(s, now, peer, rtt=100_000) == "ok"
+        now += 10 * MS
+    s.drain()
+    s.request(now)                        # the fault: this one is never answered
+    assert not s.overdue(now + 5 * MS)    # not yet due
+    first = now + 10 * MS
+    assert s.overdue(first)               # missed: suspect, and a confirmation goes at once
+    assert s.request(first, True) > 0
+    assert s.deadline() == first + 1 * MS  # the RTT estimate is below the 1 ms floor
+    assert s.request(first + 500_000) == 0  # the schedule waits for the confirmation
+    assert s.overdue(first + 1 * MS)
+    assert s.request(first + 1 * MS, True) > 0
+    assert not s.overdue(first + 2 * MS)  # the third miss: lost, no more confirmations
+    events = s.drain()
+    assert [type(e) for e in events] == [model.HeartbeatSuspect, model.HeartbeatLost]
+    assert events[1].t_ns == first + 2 * MS  # one interval and two waits, not three intervals
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_confirmation_answered_clears_the_path(impl):
+    s = make(impl, confirm_ns=1 * MS)
+    for k in range(3):
+        s.request(k * 10 * MS)
+        answer(s, k * 10 * MS, 100 + k)
+    s.request(30 * MS)
+    assert s.overdue(40 * MS) and s.request(40 * MS, True) > 0
+    assert answer(s, 40 * MS, 200) == "ok"
+    assert [type(e) for e in s.drain()][-2:] == [model.HeartbeatSuspect, model.HeartbeatCleared]
+    assert s.request(50 * MS) > 0 and s.deadline() == 60 * MS  # back on the schedule
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("bad", [dict(interval_ns=0), dict(multiplier=0), dict(recover_count=0),
+                                 dict(window=0), dict(window=1025), dict(interval_ns=-1),
+                                 dict(reply_timeout_ns=20 * MS), dict(seq_start=-1),
+                                 dict(confirm_ns=-1), dict(confirm_ns=11 * MS),
+                                 dict(multiplier=2.5)])
+def test_bad_arguments_are_refused(impl, bad):
+    with pytest.raises(ValueError):
+        make(impl, **bad)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_paused_session_is_silent_and_resume_starts_unknown(impl):
+    s = make(impl, multiplier=2)
+    s.pause()
+    for k in range(4):
+        s.request(k * 10 * MS)
+    assert s.drain() == [] and s.state == "lost"
+    s.resume()
+    assert s.state == "unknown"
+    for k in range(3):
+        s.request((10 + k) * 10 * MS)
+        assert answer(s, (10 + k) * 10 * MS, 100 + k) == "ok"
+    assert [type(e) for e in s.drain()] == [model.HeartbeatRecovered]
+
+
+class BothSessionsAgree(RuleBasedStateMachine):
+    """Any sequence of requests, replies, deadlines and frames: same answers, same events."""
+
+    @initialize(multiplier=st.integers(1, 5), recover=st.integers(1, 4), window=st.integers(1, 1024),
+                timeout=st.sampled_from([0, 300_000, 2 * MS]),
+                start=st.sampled_from([1, 10**18, U64_MAX - (1 << 32) - 2, U64_MAX - 3]),
+                confirm=st.sampled_from([0, 0, 500_000, 3 * MS]))
+    def setup(self, multiplier, recover, window, timeout, start, confirm):
+        kw = dict(interval_ns=10 * MS, multiplier=multiplier, recover_count=recover, window=window,
+                  reply_timeout_ns=timeout, seq_start=start, confirm_ns=confirm)
+        self.py, self.c = session.Session(**kw), _fastprobe.SessionModel(**kw)
+        self.now = 0
+        self.peer = 1 << 40
+
+    def both(self, name, *args):
+        a, b = getattr(self.py, name)(*args), getattr(self.c, name)(*args)
+        assert a == b, (name, args, a, b)
+        return a
+
+    @rule(dt=st.integers(0, 30 * MS))
+    def request(self, dt):
+        self.now += dt
+        self.both("request", self.now)
+
+    @rule(dt=st.integers(0, 30 * MS))
+    def overdue(self, dt):
+        self.now += dt
+        if self.both("overdue", self.now):
+            self.both("request", self.now, True)  # what the loop does: a confirmation at once
+
+    @rule(rtt=st.integers(1_000, 12 * MS), step=st.integers(-3, 3), good=st.booleans())
+    def reply(self, rtt, step, good):
+        self.peer = max(0, min(U64_MAX, self.peer + step))
+        echo = self.py.seq if good else self.py.seq - 1
+        self.now += rtt
+        self.both("reply", self.peer, echo, self.py.sent_ns, self.now)
+
+    @rule(seq=st.one_of(st.integers(0, U64_MAX), st.integers(-1100, 1100)))
+    def frame(self, seq):
+        if seq < (1 << 20):
+            seq = max(0, min(U64_MAX, self.peer + seq))
+        self.both("frame", seq)
+
+    @rule()
+    def pause(self):
+        self.both("pause")
+
+    @rule()
+    def resume(self):
+        self.both("resume")
+
+    @invariant()
+    def same_state(self):
+        if hasattr(self, "py"):
+            assert (self.py.state, self.py.heard, self.py.seq, self.py.deadline()) == \
+                   (self.c.state, self.c.heard, self.c.seq, self.c.deadline())
+            assert self.py.drain() == self.c.drain()
+
+
+TestBothSessionsAgree = BothSessionsAgree.TestCase
+TestBothSessionsAgree.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
