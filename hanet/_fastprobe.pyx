@@ -392,7 +392,7 @@ cdef struct PathSocket:
     int ifindex
     char ifname[16]
     int sysfs[3]            # carrier_up_count, carrier_down_count, flags; -1 when not open
-    int carrier_source      # CARRIER_COUNTERS or CARRIER_IOCTL
+    int carrier_source      # CARRIER_COUNTERS, CARRIER_IOCTL, or CARRIER_NONE while the NIC is missing
     int carrier             # last carrier bit read
 
 cdef struct Session:
@@ -1404,6 +1404,12 @@ cdef class Engine:
             self.c.ctl_fd = self._check(socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), "socket")
             for i in range(self.c.npaths):
                 fd = open_path_socket(self.c, i, &idx, &cfd, &ring)
+                if fd == -ENODEV:
+                    # The NIC is missing (unplugged, a driver reset): the path starts without
+                    # carrier and without a carrier source, and rebind() opens it when it returns.
+                    self.c.paths[i].sock.carrier = 0
+                    self.c.paths[i].sock.carrier_source = CARRIER_NONE
+                    continue
                 if fd < 0:
                     raise OSError(-fd, f"path[{i}] {self.names[i]}: cannot open AF_PACKET socket: "
                                        f"{strerror(-fd).decode()}")

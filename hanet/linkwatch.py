@@ -113,14 +113,15 @@ class LinkWatch:
     def _on_message(self, msg, now: int) -> list[model.Event]:
         kind = msg["header"]["type"]
         if kind == RTM_NEWLINK:
-            return self._on_link(msg["index"], msg.get_attr("IFLA_IFNAME"), _is_up(msg), now)
+            return self._on_link(msg["index"], msg.get_attr("IFLA_IFNAME"), _is_up(msg), now, *_macs(msg))
         if kind == RTM_DELLINK:
             return self._on_link(msg["index"], None, False, now)
         if kind == RTM_DELADDR:
             return self._on_deladdr(msg, now)
         return []
 
-    def _on_link(self, ifindex: int, ifname: str | None, up: bool, now: int) -> list[model.Event]:
+    def _on_link(self, ifindex: int, ifname: str | None, up: bool, now: int,
+                 mac: str = "", hw_mac: str = "") -> list[model.Event]:
         """A link exists as ``ifname`` with ``up`` (ifname None: the link was deleted)."""
         events: list[model.Event] = []
         for path, link in enumerate(self._links):
@@ -133,7 +134,7 @@ class LinkWatch:
         link = self._links[path]
         if link.ifindex != ifindex:
             link.ifindex, link.up = ifindex, False
-            events.append(model.LinkReturned(now, path=path, ifindex=ifindex))
+            events.append(model.LinkReturned(now, path=path, ifindex=ifindex, mac=mac, hw_mac=hw_mac))
         if up != link.up:
             link.up = up
             cls = model.LinkUp if up else model.LinkDown
@@ -161,15 +162,15 @@ class LinkWatch:
     def _resync(self, emit: bool) -> list[model.Event]:
         """Read the whole link table and fold it in as if each link had just been announced."""
         with self._factory() as ipr:
-            links = [(m["index"], m.get_attr("IFLA_IFNAME"), _is_up(m)) for m in ipr.get_links()]
+            links = [(m["index"], m.get_attr("IFLA_IFNAME"), _is_up(m), *_macs(m)) for m in ipr.get_links()]
         now = time.monotonic_ns()
         events: list[model.Event] = []
-        present = {ifindex for ifindex, _, _ in links}
+        present = {link[0] for link in links}
         for path, link in enumerate(self._links):
             if link.ifindex is not None and link.ifindex not in present:
                 events += self._on_link(link.ifindex, None, False, now)
-        for ifindex, ifname, up in links:
-            events += self._on_link(ifindex, ifname, up, now)
+        for ifindex, ifname, up, mac, hw_mac in links:
+            events += self._on_link(ifindex, ifname, up, now, mac, hw_mac)
         return events if emit else []
 
     # Read-only view for the daemon's status output and the tests.
@@ -178,6 +179,12 @@ class LinkWatch:
 
     def is_up(self, path: int) -> bool:
         return self._links[path].up
+
+
+def _macs(msg) -> tuple[str, str]:
+    """(current MAC, permanent MAC or "") of an RTM_NEWLINK message."""
+    perm = msg.get_attr("IFLA_PERM_ADDRESS") or ""
+    return msg.get_attr("IFLA_ADDRESS") or "", "" if perm == "00:00:00:00:00:00" else perm
 
 
 def _is_up(msg) -> bool:

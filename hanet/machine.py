@@ -570,7 +570,8 @@ class Rules:
                 self._strike(path)
             self._set(path, present=False)
         elif isinstance(ev, m.LinkReturned):
-            self._set(path, present=True)
+            # A NIC missing at the first start is known by its MAC from now on.
+            self._set(path, present=True, hw_mac=ev.hw_mac or f.hw_mac or ev.mac)
             self._emit(m.RebindProbe, path=path)
             holder = self.mac_holder
             if holder is not None and self.layout(holder):

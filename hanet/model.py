@@ -164,6 +164,8 @@ class LinkReturned(Event):
     type: ClassVar[str] = "link.returned"
     path: int = 0
     ifindex: int = 0
+    mac: str = ""      # the NIC's MAC as it came back
+    hw_mac: str = ""   # its permanent MAC where the driver reports one
 
 
 @event

@@ -230,3 +230,34 @@ def test_a_step_that_fails_mid_move_is_retried_and_bookkeeping_still_runs(make_l
     for node in ("alpha", "beta"):
         lab.wait_state(node, "Monitoring", 15)
         assert_identity_on(lab, node, 0)
+
+
+def test_start_with_a_nic_missing_then_it_returns(make_lab):
+    """hanet run starts with the alternate cable unplugged (marked gone in status and the log);
+    when the NIC comes back its probe is rebound, the path is heard, and a failover can use it."""
+    from hanet import labnet
+    from hanet.eventlog import reader
+
+    lab = make_lab(start=False)
+    lab.netns("alpha").ip("link", "del", "nic3")  # the veth pair: beta's nic4 goes too
+    lab.start_daemon("alpha")
+    lab.start_daemon("beta")
+    for node in ("alpha", "beta"):
+        lab.wait_state(node, ("Monitoring", "All-Paths-Down"), 10)
+        deadline = time.monotonic() + 10
+        while not (st := lab.status(node))["paths"][0]["usable"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert st["state"] == "Monitoring" and st["paths"][0]["usable"], st
+        assert st["paths"][1]["present"] is False and not st["paths"][1]["usable"], st["paths"]
+    started = [e.record["e"] for e in reader.read_file(lab.log_path("alpha"), lambda d: None)
+               if e.record["k"] == "event" and e.record["e"]["type"] == "daemon.started"]
+    assert started[-1]["present"] == [True, False]
+    labnet.veth(lab.netns("alpha"), "nic3", lab.netns("beta"), "nic4",
+                mac_a="02:00:00:00:0a:02", mac_b="02:00:00:00:0b:02")
+    for node in ("alpha", "beta"):
+        lab.wait_state(node, "Monitoring", 10, all_paths_up=True)
+    lab.fault("carrier", "primary")
+    for node in ("alpha", "beta"):
+        lab.wait_state(node, "Alternate-Active", 10)
+        assert_identity_on(lab, node, 1)
+        wait_reachable(lab, node)

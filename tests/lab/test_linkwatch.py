@@ -92,7 +92,7 @@ def test_rename_away_and_back(lab, watch):
     assert wait_event(watch, lambda e: isinstance(e, model.LinkGone)).path == 1
     lab.a.ip("link", "set", "spare3", "name", "nic3")
     ev = wait_event(watch, lambda e: isinstance(e, model.LinkReturned))
-    assert ev == model.LinkReturned(ev.t_ns, path=1, ifindex=index)
+    assert ev == model.LinkReturned(ev.t_ns, path=1, ifindex=index, mac=lab.a.mac("nic3"))
 
 
 def test_address_removed_by_hand_is_reported_but_not_our_own_removals(lab, watch):
