@@ -474,18 +474,6 @@ def _encode(response: dict) -> bytes:
         return _encode({"ok": False, "error": f"internal error: response not serialisable: {exc}"})
 
 
-def peer_identity(sock: socket.socket) -> str:
-    """"uid=0 pid=1234 comm=hanet" from the connecting process's SO_PEERCRED."""
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, _gid = struct.unpack("3i", creds)
-    try:
-        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as fh:
-            comm = "_".join(fh.read().split()) or "?"
-    except OSError:
-        comm = "?"  # the client has already exited
-    return f"uid={uid} pid={pid} comm={comm}"
-
-
 # --------------------------------------------------------------------------- client
 def request(path: str, cmd: str, timeout: float = 5.0, **args: Any) -> dict:
     """Send one command to the daemon at ``path`` and return its response dict (which may say

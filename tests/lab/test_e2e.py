@@ -15,7 +15,6 @@ import time
 import pytest
 
 from hanet import lab as labmod
-from hanet import replay
 from hanet.eventlog import reader
 
 pytestmark = pytest.mark.lab
@@ -24,30 +23,6 @@ IDENTITY = {"alpha": {"192.0.2.1/24", "192.0.2.101/24", "2001:db8::1/64"},
             "beta": {"192.0.2.2/24", "192.0.2.102/24", "2001:db8::2/64"}}
 NICS = {"alpha": ("nic1", "nic3"), "beta": ("nic2", "nic4")}
 PEER_ADDRESS = {"alpha": "192.0.2.2", "beta": "192.0.2.1"}
-
-
-@pytest.fixture
-def make_lab(tmp_path):
-    labs: list[labmod.Lab] = []
-
-    def make(start: bool = True, **kwargs) -> labmod.Lab:
-        lab = labmod.Lab.create(str(tmp_path / f"lab{len(labs)}"), **kwargs)
-        labs.append(lab)
-        if start:
-            lab.start_daemons()
-        return lab
-
-    yield make
-    failures = []
-    for lab in labs:
-        try:
-            lab.stop_daemons()
-            logs = [lab.log_path(n) for n in ("alpha", "beta") if os.path.exists(lab.log_path(n))]
-            if logs and replay.main([*logs, "--verify"]) != 0:
-                failures.append(f"replay --verify failed on {logs}")
-        finally:
-            lab.destroy()
-    assert not failures, failures
 
 
 def carried(lab: labmod.Lab, node: str) -> list[set[str]]:

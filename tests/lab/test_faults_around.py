@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from test_e2e import IDENTITY, NICS, assert_identity_on, make_lab, transitions, wait_reachable  # noqa: F401
+from test_e2e import IDENTITY, NICS, assert_identity_on, transitions, wait_reachable
 
 pytestmark = pytest.mark.lab
 

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from hanet import machine as M
 from hanet import model as m
