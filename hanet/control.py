@@ -525,11 +525,15 @@ def render_status(status: dict) -> str:
         f"active {holder}   uptime {_duration(status.get('uptime_s'))}",
         "",
     ]
+    if status.get("eventlog_degraded"):
+        lines.insert(1, f"eventlog DEGRADED: {status['eventlog_degraded']} (acting without a durable record)")
+    if status.get("config_changes"):
+        lines.insert(1, f"configuration changed since the last run: {'; '.join(status['config_changes'])}")
     header = ["", "#", "name", "interface", "health", "carrier", "flags", "penalty",
-              "rtt p50", "rtt p99", "sent", "received", "drops"]
+              "rtt p50", "rtt p99", "sent", "received", "drops", "peer path"]
     rows = [header]
     for p in status.get("paths", []):
-        flags = [f for f in ("offline", "damped") if p.get(f)]
+        flags = [f for f in ("offline", "damped") if p.get(f)] + (["gone"] if p.get("present") is False else [])
         rows.append([
             "*" if p.get("index") == active and active is not None else "",
             str(p.get("index", "?")),
@@ -544,6 +548,7 @@ def render_status(status: dict) -> str:
             str(p.get("sent", 0)),
             str(p.get("received", 0)),
             _drops(p.get("drops") or {}),
+            "-" if p.get("peer_path") in (None, -1) else str(p["peer_path"]),
         ])
     lines.extend(_table(rows))
     transitions = status.get("transitions", [])

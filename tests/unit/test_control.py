@@ -711,3 +711,14 @@ def test_a_half_sent_request_is_not_run_when_the_server_closes(sock_path, handle
             time.sleep(0.01)
         srv.stop()
     assert handler.calls == []
+
+
+def test_render_status_names_a_degraded_log_a_gone_nic_and_the_peer_path():
+    status = {**SAMPLE_STATUS, "eventlog_degraded": "write /var/lib/hanet/events.hlog: No space left on device",
+              "config_changes": ["path 'backup' added"],
+              "paths": [{**SAMPLE_STATUS["paths"][0], "present": False, "peer_path": 1}, *SAMPLE_STATUS["paths"][1:]]}
+    text = render_status(status)
+    assert "eventlog DEGRADED: write /var/lib/hanet/events.hlog: No space left on device" in text
+    assert "configuration changed since the last run: path 'backup' added" in text
+    row = next(line for line in text.splitlines() if " gone" in line)
+    assert row.rstrip().endswith("1")
