@@ -1235,6 +1235,10 @@ cdef int64_t service(Core *c) noexcept nogil:
     nxt = c.next_poll
     for i in range(c.npaths):
         p = &c.paths[i]
+        if p.s.reply_deadline and now >= p.s.reply_deadline and p.sock.fd >= 0:
+            # A reply may be waiting unread because this thread itself was late (a busy host):
+            # read it before counting a miss, so only the peer's silence counts.
+            receive(c, i)
         if p.s.reply_deadline and now >= p.s.reply_deadline and session_overdue(c, i, now):
             send_confirmation(c, i, now)
         if now >= p.next_send:
