@@ -762,7 +762,8 @@ cdef int64_t reply_timeout(Core *c, Session *s) noexcept nogil:
     a late reply or a burst of junk frames never raises a suspect. The last one gets only this:
     waiting a whole interval there too would put detection at up to (multiplier + 1) intervals
     after a fault; a timeout near the RTT brings it to multiplier intervals after the last reply
-    plus the timeout, which is BFD's detection time.
+    plus the timeout, which is BFD's detection time. With confirmation probing every request
+    waits only this long (see session_overdue).
     """
     cdef int64_t t = c.reply_timeout_ns
     if t == 0:
