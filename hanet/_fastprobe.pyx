@@ -337,6 +337,7 @@ cdef enum:
     NOTICE_COPIES = 3
     NOTICE_GAP_NS = 2000000
     REPLY_TIMEOUT_FLOOR_NS = 250000   # the adaptive reply timeout never goes below 250 us
+    CONFIRM_RING = 16       # requests of a suspicion whose late replies still clear it
     CARRIER_NONE = 0
     CARRIER_COUNTERS = 1    # lock-free sysfs counters, read in the loop
     CARRIER_IOCTL = 2       # ETHTOOL_GLINK (RTNL), read outside the core lock
@@ -384,6 +385,9 @@ cdef struct Event:
     int64_t rtt_p99_ns
     int64_t peer_path
     uint64_t remaining
+    int64_t confirms_sent
+    int64_t confirms_answered
+    int64_t confirm_first_ns
 
 cdef struct PathSocket:
     int fd                  # the path's filtered AF_PACKET socket; -1 while the NIC is gone
@@ -394,6 +398,11 @@ cdef struct PathSocket:
     int sysfs[3]            # carrier_up_count, carrier_down_count, flags; -1 when not open
     int carrier_source      # CARRIER_COUNTERS, CARRIER_IOCTL, or CARRIER_NONE while the NIC is missing
     int carrier             # last carrier bit read
+
+cdef struct Sent:
+    uint64_t seq
+    int64_t ns
+    bint confirm
 
 cdef struct Session:
     int state
@@ -410,6 +419,14 @@ cdef struct Session:
     int64_t reply_deadline  # when out_seq's miss counts; 0 once it is answered or counted
     int64_t srtt            # smoothed RTT and its mean deviation (RFC 6298), for the auto timeout
     int64_t rttvar
+    bint suspecting         # confirmation probing: a reply is overdue, confirmations go
+    int64_t confirm_first_ns    # when the first reply of this suspicion was overdue
+    int64_t confirms_sent
+    int64_t confirms_unanswered
+    bint have_pinned
+    Sent pinned             # the request first overdue: its late reply still clears
+    Sent recent[CONFIRM_RING]   # the last requests of the suspicion, likewise
+    int nrecent
     int64_t win_send_lag_max    # lag maxima since the last reply in steady state or last event
     int64_t win_recv_delay_max
 
@@ -551,9 +568,13 @@ cdef object event_object(Event *e, list names):
     if k == EV_LOST:
         return model.HeartbeatLost(t_ns=e.t_ns, path=e.path, misses=e.misses,
                                    first_miss_ns=e.first_miss_ns, send_lag_max_ns=e.send_lag_max_ns,
-                                   recv_delay_max_ns=e.recv_delay_max_ns)
+                                   recv_delay_max_ns=e.recv_delay_max_ns,
+                                   confirms_sent=e.confirms_sent, confirm_first_ns=e.confirm_first_ns)
     if k == EV_CLEARED:
-        return model.HeartbeatCleared(t_ns=e.t_ns, path=e.path, rtt_ns=e.rtt_ns)
+        return model.HeartbeatCleared(t_ns=e.t_ns, path=e.path, rtt_ns=e.rtt_ns,
+                                      confirms_sent=e.confirms_sent,
+                                      confirms_answered=e.confirms_answered,
+                                      confirm_first_ns=e.confirm_first_ns)
     if k == EV_RECOVERED:
         return model.HeartbeatRecovered(t_ns=e.t_ns, path=e.path, replies=e.replies, rtt_ns=e.rtt_ns)
     if k == EV_LINK_DOWN:
@@ -661,6 +682,19 @@ cdef inline void reset_lag_window(Session *s) noexcept nogil:
     s.win_recv_delay_max = 0
 
 
+cdef void lost_event(Core *c, int i, int64_t now) noexcept nogil:
+    """Path ``i`` is declared lost now."""
+    cdef Session *s = &c.paths[i].s
+    cdef Event *e
+    s.state = STATE_LOST
+    e = path_event(c, i, EV_LOST, now)
+    if e != NULL:
+        e.misses, e.first_miss_ns = s.misses, s.first_miss_ns
+        e.send_lag_max_ns, e.recv_delay_max_ns = s.win_send_lag_max, s.win_recv_delay_max
+        e.confirms_sent, e.confirm_first_ns = s.confirms_sent, s.confirm_first_ns
+    reset_lag_window(s)
+
+
 cdef void on_miss(Core *c, int i, int64_t now) noexcept nogil:
     cdef Session *s = &c.paths[i].s
     cdef Event *e
@@ -670,12 +704,7 @@ cdef void on_miss(Core *c, int i, int64_t now) noexcept nogil:
     if s.misses == 1:
         s.first_miss_ns = now
     if s.misses >= c.multiplier and s.state != STATE_LOST:
-        s.state = STATE_LOST
-        e = path_event(c, i, EV_LOST, now)
-        if e != NULL:
-            e.misses, e.first_miss_ns = s.misses, s.first_miss_ns
-            e.send_lag_max_ns, e.recv_delay_max_ns = s.win_send_lag_max, s.win_recv_delay_max
-        reset_lag_window(s)
+        lost_event(c, i, now)
     elif s.state == STATE_UP:
         s.state = STATE_SUSPECT
         e = path_event(c, i, EV_SUSPECT, now)
@@ -684,7 +713,7 @@ cdef void on_miss(Core *c, int i, int64_t now) noexcept nogil:
             e.send_lag_max_ns, e.recv_delay_max_ns = s.win_send_lag_max, s.win_recv_delay_max
 
 
-cdef void on_reply(Core *c, int i, int64_t now, int64_t rtt) noexcept nogil:
+cdef void on_reply(Core *c, int i, int64_t now, int64_t rtt, bint answered_confirm) noexcept nogil:
     cdef Path *p = &c.paths[i]
     cdef Session *s = &p.s
     cdef Event *e
@@ -702,6 +731,8 @@ cdef void on_reply(Core *c, int i, int64_t now, int64_t rtt) noexcept nogil:
         e = path_event(c, i, EV_CLEARED, now)
         if e != NULL:
             e.rtt_ns = rtt
+            e.confirms_sent, e.confirm_first_ns = s.confirms_sent, s.confirm_first_ns
+            e.confirms_answered = answered_confirm
         reset_lag_window(s)
     elif s.state == STATE_UP:
         reset_lag_window(s)
@@ -731,7 +762,8 @@ cdef int64_t reply_timeout(Core *c, Session *s) noexcept nogil:
     a late reply or a burst of junk frames never raises a suspect. The last one gets only this:
     waiting a whole interval there too would put detection at up to (multiplier + 1) intervals
     after a fault; a timeout near the RTT brings it to multiplier intervals after the last reply
-    plus the timeout, which is BFD's detection time.
+    plus the timeout, which is BFD's detection time. With confirmation probing every request
+    waits only this long (see session_overdue).
     """
     cdef int64_t t = c.reply_timeout_ns
     if t == 0:
@@ -741,23 +773,55 @@ cdef int64_t reply_timeout(Core *c, Session *s) noexcept nogil:
     return t if t < c.interval_ns else c.interval_ns
 
 
-cdef int64_t confirm_wait(Core *c, Session *s) noexcept nogil:
-    """How long a confirmation request waits for its reply: the RTT estimate (srtt + 4 rttvar),
-    at least heartbeat.confirm_ms, at most the interval."""
-    cdef int64_t t = s.srtt + 4 * s.rttvar if s.srtt > 0 else c.confirm_ns
-    if t < c.confirm_ns:
-        t = c.confirm_ns
-    return t if t < c.interval_ns else c.interval_ns
+cdef void clear_suspicion(Session *s) noexcept nogil:
+    s.suspecting = s.have_pinned = False
+    s.confirm_first_ns = s.confirms_sent = s.confirms_unanswered = 0
+    s.nrecent = 0
+
+
+cdef void begin_suspicion(Session *s, int64_t now) noexcept nogil:
+    """A reply is overdue on a path believed up: confirmations go from now; the request that
+    missed stays answerable (its reply may just be slow)."""
+    clear_suspicion(s)
+    s.suspecting = True
+    s.confirm_first_ns = now
+    if s.outstanding:
+        s.have_pinned = True
+        s.pinned.seq, s.pinned.ns, s.pinned.confirm = s.out_seq, s.out_sent_ns, s.confirming
 
 
 cdef bint session_overdue(Core *c, int i, int64_t now) noexcept nogil:
     """The outstanding request of path ``i`` got no reply in time: count the miss once. True
-    when a confirmation request should go at once: confirmation probing is on and a path
-    believed up has just missed (suspect, not yet lost)."""
+    when a confirmation request should go at once.
+
+    With confirmation probing, a path believed up turns suspect at its first overdue reply and
+    is confirmed one request at a time, each waiting the RTT-based reply timeout; it is lost once
+    ``multiplier - 1`` confirmations went unanswered and ``confirm_ms`` has passed since that
+    first overdue reply, so a peer silent for less (paused, starved) is never declared lost."""
     cdef Session *s = &c.paths[i].s
+    cdef Event *e
     s.reply_deadline = 0
-    on_miss(c, i, now)
-    return c.confirm_ns > 0 and s.state == STATE_SUSPECT
+    if c.confirm_ns == 0 or (s.state != STATE_UP and s.state != STATE_SUSPECT):
+        on_miss(c, i, now)
+        return False
+    if s.misses < 1 << 30:
+        s.misses += 1
+    s.oks = 0
+    if s.state == STATE_UP:
+        begin_suspicion(s, now)
+        s.first_miss_ns = now
+        s.state = STATE_SUSPECT
+        e = path_event(c, i, EV_SUSPECT, now)
+        if e != NULL:
+            e.misses = s.misses
+            e.send_lag_max_ns, e.recv_delay_max_ns = s.win_send_lag_max, s.win_recv_delay_max
+    elif s.confirming:
+        s.confirms_unanswered += 1
+    if s.confirms_unanswered >= c.multiplier - 1 and now - s.confirm_first_ns >= c.confirm_ns:
+        lost_event(c, i, now)
+        clear_suspicion(s)
+        return False
+    return True
 
 
 cdef uint64_t session_request(Core *c, int i, int64_t now, bint confirm) noexcept nogil:
@@ -766,6 +830,7 @@ cdef uint64_t session_request(Core *c, int i, int64_t now, bint confirm) noexcep
     request while a confirmation still waits for its reply)."""
     cdef Session *s = &c.paths[i].s
     cdef uint64_t seq
+    cdef int k
     if not confirm and s.confirming and s.reply_deadline and now < s.reply_deadline:
         return 0
     if s.reply_deadline and session_overdue(c, i, now):
@@ -779,23 +844,53 @@ cdef uint64_t session_request(Core *c, int i, int64_t now, bint confirm) noexcep
     s.out_seq = seq
     s.out_sent_ns = now
     if confirm:
-        s.reply_deadline = now + confirm_wait(c, s)
+        s.confirms_sent += 1
         c.paths[i].n.confirms += 1
-    elif s.misses + 1 >= c.multiplier:
+    if s.suspecting:
+        if s.nrecent == CONFIRM_RING:
+            for k in range(CONFIRM_RING - 1):
+                s.recent[k] = s.recent[k + 1]
+            s.nrecent -= 1
+        s.recent[s.nrecent].seq, s.recent[s.nrecent].ns, s.recent[s.nrecent].confirm = seq, now, confirm
+        s.nrecent += 1
+    if c.confirm_ns > 0 or confirm or s.misses + 1 >= c.multiplier:
         s.reply_deadline = now + reply_timeout(c, s)
     else:
         s.reply_deadline = now + c.interval_ns
     return seq
 
 
+cdef bint reply_match(Session *s, uint64_t echo_seq, uint64_t echo_ns, Sent *found) noexcept nogil:
+    """A reply counts only for a request of this run still answerable: the one outstanding, or
+    during a suspicion the one first overdue and the last confirmations (seq and send time)."""
+    cdef int k
+    if s.outstanding and echo_seq == s.out_seq and echo_ns == <uint64_t>s.out_sent_ns:
+        found.seq, found.ns, found.confirm = s.out_seq, s.out_sent_ns, s.confirming
+        return True
+    if not s.suspecting:
+        return False
+    if s.have_pinned and echo_seq == s.pinned.seq and echo_ns == <uint64_t>s.pinned.ns:
+        found[0] = s.pinned
+        return True
+    for k in range(s.nrecent):
+        if echo_seq == s.recent[k].seq and echo_ns == <uint64_t>s.recent[k].ns:
+            found[0] = s.recent[k]
+            return True
+    return False
+
+
 cdef bint reply_matches(Session *s, uint64_t echo_seq, uint64_t echo_ns) noexcept nogil:
-    """A reply counts only for the request of this run still outstanding (seq and send time)."""
-    return s.outstanding and echo_seq == s.out_seq and echo_ns == <uint64_t>s.out_sent_ns
+    cdef Sent found
+    return reply_match(s, echo_seq, echo_ns, &found)
 
 
-cdef void session_reply(Core *c, int i, uint64_t seq, int64_t now) noexcept nogil:
-    """The matching reply (sequence number ``seq``) to the outstanding request arrived."""
+cdef void session_reply(Core *c, int i, uint64_t seq, uint64_t echo_seq, uint64_t echo_ns,
+                        int64_t now) noexcept nogil:
+    """A matching reply (sequence number ``seq``, echoing a request answerable) arrived."""
     cdef Session *s = &c.paths[i].s
+    cdef Sent found
+    if not reply_match(s, echo_seq, echo_ns, &found):
+        return
     s.outstanding = s.confirming = False
     s.reply_deadline = 0
     if not s.heard:
@@ -803,7 +898,8 @@ cdef void session_reply(Core *c, int i, uint64_t seq, int64_t now) noexcept nogi
         # sent before (a frame recorded earlier and replayed now) is old from here on.
         s.heard = True
         window_close_below(&c.paths[i].win, seq)
-    on_reply(c, i, now, now - s.out_sent_ns)
+    on_reply(c, i, now, now - found.ns, found.confirm)
+    clear_suspicion(s)
 
 
 cdef void session_resume(Path *p) noexcept nogil:
@@ -812,6 +908,7 @@ cdef void session_resume(Path *p) noexcept nogil:
     p.s.state = STATE_UNKNOWN
     p.s.misses = p.s.oks = 0
     p.s.confirming = False
+    clear_suspicion(&p.s)
     reset_lag_window(&p.s)
 
 
@@ -992,7 +1089,7 @@ cdef void on_frame(Core *c, int i, const uint8_t *buf, ssize_t n, sockaddr_ll *f
             send_frame(c, i, KIND_REPLY, 0, seq, <uint64_t>mono_ns(), f.seq, f.send_ns)
             p.n.answered += 1
     elif f.kind == KIND_REPLY:
-        session_reply(c, i, f.seq, now)
+        session_reply(c, i, f.seq, f.echo_seq, f.echo_ns, now)
     elif not p.s.heard:
         # A notice on a path not yet heard in this run may be a recording of an older one.
         p.n.drops[DROP_UNHEARD] += 1
@@ -1139,6 +1236,10 @@ cdef int64_t service(Core *c) noexcept nogil:
     nxt = c.next_poll
     for i in range(c.npaths):
         p = &c.paths[i]
+        if p.s.reply_deadline and now >= p.s.reply_deadline and p.sock.fd >= 0:
+            # A reply may be waiting unread because this thread itself was late (a busy host):
+            # read it before counting a miss, so only the peer's silence counts.
+            receive(c, i)
         if p.s.reply_deadline and now >= p.s.reply_deadline and session_overdue(c, i, now):
             send_confirmation(c, i, now)
         if now >= p.next_send:
@@ -1646,7 +1747,7 @@ cdef class SessionModel:
         if code != FRAME_OK:
             return DROP_REASONS[code]
         window_accept(&self.c.paths[0].win, seq)
-        session_reply(self.c, 0, seq, now)
+        session_reply(self.c, 0, seq, echo_seq, echo_ns, now)
         return "ok"
 
     def frame(self, uint64_t seq):

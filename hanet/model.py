@@ -116,6 +116,8 @@ class HeartbeatLost(Event):
     first_miss_ns: int = 0  # monotonic time the first of these misses was noticed
     send_lag_max_ns: int = 0
     recv_delay_max_ns: int = 0
+    confirms_sent: int = 0      # confirmation requests sent since the first overdue reply
+    confirm_first_ns: int = 0   # monotonic time of the first overdue reply (0: probing off)
 
 
 @event
@@ -124,6 +126,9 @@ class HeartbeatCleared(Event):
     type: ClassVar[str] = "heartbeat.cleared"
     path: int = 0
     rtt_ns: int = 0
+    confirms_sent: int = 0      # confirmation requests sent since the first overdue reply
+    confirms_answered: int = 0  # 1: the reply that cleared answered a confirmation
+    confirm_first_ns: int = 0   # monotonic time of the first overdue reply (0: probing off)
 
 
 @event

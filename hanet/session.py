@@ -18,11 +18,14 @@ What a session decides:
   peer sent before this run proved it alive (a recording replayed now) is taken as new;
 * sequence numbers never wrap: an alarm when fewer than 2**32 are left, and none at all (nothing
   is sent) once they are used up;
-* with confirmation probing (``confirm_ns`` > 0, heartbeat.confirm_ms), a path believed up that
-  misses a reply is sent a confirmation request at once, which waits the RTT estimate (srtt + 4
-  rttvar, at least ``confirm_ns``, at most the interval) instead of a whole interval; scheduled
-  requests are not sent while it waits. So ``multiplier`` misses take one interval plus
-  (multiplier - 1) confirmation waits.
+* with confirmation probing (``confirm_ns`` > 0, heartbeat.confirm_ms), every request waits only
+  the reply timeout (the RTT estimate); a path believed up whose reply is overdue turns suspect
+  and is sent a confirmation request at once, each waiting the same time, one after another
+  (scheduled requests are not sent while one waits). It is lost once ``multiplier - 1``
+  confirmations in a row went unanswered AND ``confirm_ns`` has passed since the first overdue
+  reply: a silence shorter than ``confirm_ns`` (a paused or starved peer) never makes it lost.
+  Any reply of the suspicion (to the request first overdue, or to any confirmation of the last
+  ``CONFIRM_RING``) clears it, so a slow reply alone never makes a path lost.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ WINDOW_BITS = 1024
 REPLY_TIMEOUT_FLOOR_NS = 250_000
 SEQ_LOW_MARK = 1 << 32
 MISSES_CAP = 1 << 30
+CONFIRM_RING = 16  # requests of a suspicion whose late replies still clear it
 
 UNKNOWN, UP, SUSPECT, LOST = "unknown", "up", "suspect", "lost"
 
@@ -94,6 +98,7 @@ class Session:
         self.window, self.reply_timeout_ns, self.seq = window, reply_timeout_ns, seq_start
         self.confirm_ns = confirm_ns
         self.confirming = False
+        self._clear_suspicion()
         self.state = UNKNOWN
         self.misses = self.oks = 0
         self.paused = self.heard = self.outstanding = False
@@ -131,7 +136,9 @@ class Session:
         if self.misses >= self.multiplier and self.state != LOST:
             self.state = LOST
             self._emit(model.HeartbeatLost(t_ns=now, path=0, misses=self.misses,
-                                           first_miss_ns=self.first_miss_ns))
+                                           first_miss_ns=self.first_miss_ns,
+                                           confirms_sent=self.confirms_sent,
+                                           confirm_first_ns=self.confirm_first_ns))
         elif self.state == UP:
             self.state = SUSPECT
             self._emit(model.HeartbeatSuspect(t_ns=now, path=0, misses=self.misses))
@@ -151,9 +158,28 @@ class Session:
             t = max(t, REPLY_TIMEOUT_FLOOR_NS)
         return min(t, self.interval_ns)
 
-    def confirm_wait(self) -> int:
-        t = self.srtt + 4 * self.rttvar if self.srtt > 0 else self.confirm_ns
-        return min(max(t, self.confirm_ns), self.interval_ns)
+    # ------------------------------------------------------------------ confirmation probing
+    def _clear_suspicion(self) -> None:
+        self.suspecting = False
+        self.confirm_first_ns = self.confirms_sent = self.confirms_unanswered = 0
+        self.pinned: tuple[int, int, bool] | None = None
+        self.recent: list[tuple[int, int, bool]] = []
+
+    def _begin_suspicion(self, now: int) -> None:
+        self._clear_suspicion()
+        self.suspecting, self.confirm_first_ns = True, now
+        if self.outstanding:
+            self.pinned = (self.out_seq, self.sent_ns, self.confirming)
+
+    def _match(self, echo_seq: int, echo_ns: int) -> tuple[int, int, bool] | None:
+        """The request of this run a reply echoes (seq, send time, confirmation?), or None."""
+        if self.outstanding and echo_seq == self.out_seq and echo_ns == self.sent_ns & U64_MAX:
+            return (self.out_seq, self.sent_ns, self.confirming)
+        if self.suspecting:
+            for sent in ([self.pinned] if self.pinned else []) + self.recent:
+                if echo_seq == sent[0] and echo_ns == sent[1] & U64_MAX:
+                    return sent
+        return None
 
     def request(self, now: int, confirm: bool = False) -> int:
         if not confirm and self.confirming and self._deadline and now < self._deadline:
@@ -166,8 +192,10 @@ class Session:
             return 0
         self.outstanding, self.confirming, self.out_seq, self.sent_ns = True, confirm, seq, now
         if confirm:
-            wait = self.confirm_wait()
-        elif self.misses + 1 >= self.multiplier:
+            self.confirms_sent += 1
+        if self.suspecting:
+            self.recent = (self.recent + [(seq, now, confirm)])[-CONFIRM_RING:]
+        if self.confirm_ns > 0 or confirm or self.misses + 1 >= self.multiplier:
             wait = self.reply_timeout()
         else:
             wait = self.interval_ns
@@ -179,8 +207,29 @@ class Session:
 
     def _overdue(self, now: int) -> bool:
         self._deadline = 0
-        self._miss(now)
-        return self.confirm_ns > 0 and self.state == SUSPECT
+        if self.confirm_ns == 0 or self.state not in (UP, SUSPECT):
+            self._miss(now)
+            return False
+        if self.misses < MISSES_CAP:
+            self.misses += 1
+        self.oks = 0
+        if self.state == UP:
+            self._begin_suspicion(now)
+            self.first_miss_ns = now
+            self.state = SUSPECT
+            self._emit(model.HeartbeatSuspect(t_ns=now, path=0, misses=self.misses))
+        elif self.confirming:
+            self.confirms_unanswered += 1
+        if (self.confirms_unanswered >= self.multiplier - 1
+                and now - self.confirm_first_ns >= self.confirm_ns):
+            self.state = LOST
+            self._emit(model.HeartbeatLost(t_ns=now, path=0, misses=self.misses,
+                                           first_miss_ns=self.first_miss_ns,
+                                           confirms_sent=self.confirms_sent,
+                                           confirm_first_ns=self.confirm_first_ns))
+            self._clear_suspicion()
+            return False
+        return True
 
     def overdue(self, now: int) -> bool:
         """Count the miss if the deadline has passed; True: send a confirmation request now."""
@@ -190,8 +239,8 @@ class Session:
 
     def reply(self, seq: int, echo_seq: int, echo_ns: int, now: int) -> str:
         code = self.win.check(seq, self.window)
-        if code == "ok" and not (self.outstanding and echo_seq == self.out_seq
-                                 and echo_ns == self.sent_ns & U64_MAX):
+        sent = self._match(echo_seq, echo_ns) if code == "ok" else None
+        if code == "ok" and sent is None:
             code = "late"
         if code != "ok":
             return code
@@ -200,13 +249,18 @@ class Session:
         if not self.heard:
             self.heard = True
             self.win.close_below(seq)
-        rtt = now - self.sent_ns
+        rtt = now - sent[1]
+        confirms_sent, confirm_first_ns = self.confirms_sent, self.confirm_first_ns
+        self._clear_suspicion()
         self.misses = 0
         self.oks += 1
         self._update_rto(rtt)
         if self.state == SUSPECT:
             self.state = UP
-            self._emit(model.HeartbeatCleared(t_ns=now, path=0, rtt_ns=rtt))
+            self._emit(model.HeartbeatCleared(t_ns=now, path=0, rtt_ns=rtt,
+                                              confirms_sent=confirms_sent,
+                                              confirms_answered=int(sent[2]),
+                                              confirm_first_ns=confirm_first_ns))
         elif self.state != UP and self.oks >= self.recover_count:
             self.state = UP
             self._emit(model.HeartbeatRecovered(t_ns=now, path=0, replies=self.oks, rtt_ns=rtt))
@@ -226,6 +280,7 @@ class Session:
         self.state = UNKNOWN
         self.misses = self.oks = 0
         self.confirming = False
+        self._clear_suspicion()
 
     def drain(self) -> list[model.Event]:
         out, self.events = self.events, []

@@ -555,11 +555,11 @@ def test_a_nic_set_down_does_not_make_the_loop_spin(pair):
     a.wait(model.LinkDown, 0)
 
 
-def test_confirmation_probing_declares_a_blackhole_after_one_interval_and_short_waits(lab, tmp_path):
+def test_confirmation_probing_declares_a_blackhole_confirm_ms_after_the_first_overdue_reply(lab, tmp_path):
     # 100 ms x 3 with 5 ms confirmations. The first request after the last reply goes up to an
-    # interval later and waits an interval (a slow reply alone never raises a suspect); then two
-    # confirmations of 5 ms: lost by 2 x 100 + 2 x 5 ms after the last reply, where the plain
-    # schedule takes 3 x 100 ms plus the reply timeout.
+    # interval later and waits only the RTT estimate; its overdue reply starts confirmations,
+    # and 5 ms later (two of them unanswered at least) the path is lost: by one interval plus
+    # about 5 ms after the last reply, where the plain schedule takes 3 x 100 ms plus the timeout.
     interval_ms, confirm_ms, slack_ns = 100.0, 5.0, 30_000_000
     a, b = start_pair(lab, tmp_path, interval_ms=interval_ms, confirm_ms=confirm_ms)
     try:
@@ -568,9 +568,10 @@ def test_confirmation_probing_declares_a_blackhole_after_one_interval_and_short_
         labnet.drop_ingress(a.ns, "nic1")
         lost = a.wait(model.HeartbeatLost, 0, after_ns=t0)
         last_reply = a.stats(0)["last_reply_ns"]
-        assert lost.t_ns - last_reply <= (2 * interval_ms + 2 * confirm_ms) * 1e6 + slack_ns, \
+        assert lost.t_ns - last_reply <= (interval_ms + confirm_ms) * 1e6 + slack_ns, \
             (lost.t_ns - last_reply) / 1e6
-        assert a.stats(0)["confirms"] == 2
+        assert lost.t_ns - lost.confirm_first_ns >= confirm_ms * 1e6  # never before the floor
+        assert lost.confirms_sent >= 2 and a.stats(0)["confirms"] == lost.confirms_sent
         labnet.clear_ingress(a.ns, "nic1")
         a.wait(model.HeartbeatRecovered, 0, after_ns=lost.t_ns)
     finally:

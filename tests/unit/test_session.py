@@ -114,42 +114,127 @@ def test_sequence_exhaustion_is_an_alarm_never_a_reuse(impl):
     assert s2.drain() == []
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-def test_confirmation_probing_declares_lost_after_one_interval_and_short_waits(impl):
-    s = make(impl, confirm_ns=1 * MS)
-    now, peer = 0, 5000
+def up_with_rtt(s, rtt=100_000, start=0):
+    """Three answered requests at ``rtt``: the path is up, its reply timeout the 0.25 ms floor."""
+    now, peer = start, 5000
     for _ in range(3):
         s.request(now)
         peer += 1
-        assert answer(s, now, peer, rtt=100_000) == "ok"
+        assert answer(s, now, peer, rtt=rtt) == "ok"
         now += 10 * MS
+    assert s.state == "up"
     s.drain()
-    s.request(now)                        # the fault: this one is never answered
-    assert not s.overdue(now + 5 * MS)    # not yet due
-    first = now + 10 * MS
-    assert s.overdue(first)               # missed: suspect, and a confirmation goes at once
-    assert s.request(first, True) > 0
-    assert s.deadline() == first + 1 * MS  # the RTT estimate is below the 1 ms floor
-    assert s.request(first + 500_000) == 0  # the schedule waits for the confirmation
-    assert s.overdue(first + 1 * MS)
-    assert s.request(first + 1 * MS, True) > 0
-    assert not s.overdue(first + 2 * MS)  # the third miss: lost, no more confirmations
+    return now
+
+
+def confirm_until_lost(s, now, limit=200):
+    """What the loop does while nothing answers: at each deadline, a confirmation if asked."""
+    for _ in range(limit):
+        now = s.deadline()
+        if not now or not s.overdue(now):
+            return now
+        assert s.request(now, True) > 0
+    raise AssertionError("never decided")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("confirm_ms", [1, 3, 5])
+def test_confirmation_probing_declares_lost_confirm_ms_after_the_first_overdue_reply(impl, confirm_ms):
+    s = make(impl, confirm_ns=confirm_ms * MS)
+    fault = up_with_rtt(s)
+    s.request(fault)                      # the fault: this one is never answered
+    assert s.deadline() == fault + 250_000  # the RTT estimate (its floor), not a whole interval
+    lost_at = confirm_until_lost(s, fault)
     events = s.drain()
     assert [type(e) for e in events] == [model.HeartbeatSuspect, model.HeartbeatLost]
-    assert events[1].t_ns == first + 2 * MS  # one interval and two waits, not three intervals
+    first = fault + 250_000
+    lost = events[1]
+    assert lost.confirm_first_ns == first and lost.first_miss_ns == first
+    # the floor, then at most one more confirmation wait: one interval is no longer waited
+    assert first + confirm_ms * MS <= lost.t_ns == lost_at <= first + confirm_ms * MS + 250_000
+    assert lost.confirms_sent == (lost.t_ns - first) // 250_000 >= 2  # multiplier - 1 at least
+    assert s.request(lost_at + 1) == 0 or s.state == "lost"
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_multiplier_minus_one_confirmations_are_needed_even_past_the_floor(impl):
+    s = make(impl, confirm_ns=250_000, multiplier=5)
+    fault = up_with_rtt(s)
+    s.request(fault)
+    confirm_until_lost(s, fault)
+    lost = s.drain()[-1]
+    assert isinstance(lost, model.HeartbeatLost) and lost.confirms_sent == 4
+    assert lost.t_ns == fault + 5 * 250_000
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_silence_shorter_than_confirm_ms_is_never_lost(impl):
+    s = make(impl, confirm_ns=5 * MS)
+    now = up_with_rtt(s)
+    peer = 9000
+    for pause in (250_000, 1 * MS, 3 * MS, 4_500_000, 4_900_000):
+        s.request(now)                    # the peer stops just as this one leaves
+        first = now + 250_000
+        while s.deadline() and s.deadline() < first + pause:  # confirmations, all unanswered
+            t = s.deadline()
+            assert s.overdue(t), "declared lost within the floor"
+            assert s.request(t, True) > 0
+        peer += 1                         # it resumes and answers the last request it got
+        assert s.reply(peer, s.seq, s.sent_ns, first + pause) == "ok"
+        assert s.state == "up"
+        kinds = [type(e) for e in s.drain()]
+        assert kinds == [model.HeartbeatSuspect, model.HeartbeatCleared], (pause, kinds)
+        now += 20 * MS
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_late_reply_to_the_request_first_overdue_clears(impl):
+    s = make(impl, confirm_ns=5 * MS)
+    now = up_with_rtt(s)
+    seq = s.request(now)
+    sent = s.sent_ns
+    assert s.overdue(now + 250_000) and s.request(now + 250_000, True) > 0
+    assert s.overdue(now + 500_000) and s.request(now + 500_000, True) > 0
+    assert s.reply(7000, seq, sent, now + 600_000) == "ok"   # slow, but an answer
+    events = s.drain()
+    assert [type(e) for e in events] == [model.HeartbeatSuspect, model.HeartbeatCleared]
+    cleared = events[1]
+    assert (cleared.rtt_ns, cleared.confirms_sent, cleared.confirms_answered,
+            cleared.confirm_first_ns) == (600_000, 2, 0, now + 250_000)
+    assert s.reply(7001, s.seq, s.sent_ns, now + 700_000) == "late"  # the suspicion is over
+    assert s.reply(7002, seq, sent, now + 700_000) == "late"          # and its requests with it
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_a_confirmation_answered_clears_the_path(impl):
     s = make(impl, confirm_ns=1 * MS)
-    for k in range(3):
-        s.request(k * 10 * MS)
-        answer(s, k * 10 * MS, 100 + k)
-    s.request(30 * MS)
-    assert s.overdue(40 * MS) and s.request(40 * MS, True) > 0
-    assert answer(s, 40 * MS, 200) == "ok"
-    assert [type(e) for e in s.drain()][-2:] == [model.HeartbeatSuspect, model.HeartbeatCleared]
-    assert s.request(50 * MS) > 0 and s.deadline() == 60 * MS  # back on the schedule
+    now = up_with_rtt(s)
+    s.request(now)
+    assert s.overdue(now + 250_000) and s.request(now + 250_000, True) > 0
+    assert s.request(now + 400_000) == 0  # the schedule waits for the confirmation
+    assert answer(s, now + 250_000, 6000, rtt=100_000) == "ok"
+    cleared = s.drain()[-1]
+    assert isinstance(cleared, model.HeartbeatCleared)
+    assert (cleared.confirms_sent, cleared.confirms_answered) == (1, 1)
+    assert s.request(now + 10 * MS) > 0 and s.state == "up"  # back on the schedule
+    assert s.deadline() < now + 11 * MS
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_without_confirmation_probing_a_request_waits_an_interval(impl):
+    s = make(impl)
+    now = up_with_rtt(s)
+    s.request(now)
+    assert s.deadline() == now + 10 * MS
+    assert not s.overdue(now + 10 * MS)
+    assert s.state == "suspect"
+    for k in (1, 2):
+        s.request(now + k * 10 * MS)
+    assert s.deadline() == now + 20 * MS + 250_000  # the last miss waits the reply timeout
+    assert not s.overdue(s.deadline()) and s.state == "lost"
+    lost = s.drain()[-1]
+    assert isinstance(lost, model.HeartbeatLost)
+    assert (lost.confirms_sent, lost.confirm_first_ns) == (0, 0)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -191,22 +276,35 @@ class BothSessionsAgree(RuleBasedStateMachine):
         self.py, self.c = session.Session(**kw), _fastprobe.SessionModel(**kw)
         self.now = 0
         self.peer = 1 << 40
+        self.sent = []  # (seq, send time) of every request, for late replies
 
     def both(self, name, *args):
         a, b = getattr(self.py, name)(*args), getattr(self.c, name)(*args)
         assert a == b, (name, args, a, b)
         return a
 
-    @rule(dt=st.integers(0, 30 * MS))
+    def send(self, *args):
+        if self.both("request", self.now, *args):
+            self.sent.append((self.py.seq, self.py.sent_ns))
+
+    @rule(dt=st.one_of(st.integers(0, 30 * MS), st.integers(0, 400_000)))
     def request(self, dt):
         self.now += dt
-        self.both("request", self.now)
+        self.send()
 
-    @rule(dt=st.integers(0, 30 * MS))
+    @rule(dt=st.one_of(st.integers(0, 30 * MS), st.integers(0, 400_000)))
     def overdue(self, dt):
         self.now += dt
         if self.both("overdue", self.now):
-            self.both("request", self.now, True)  # what the loop does: a confirmation at once
+            self.send(True)  # what the loop does: a confirmation at once
+
+    @precondition(lambda self: getattr(self, "sent", None))
+    @rule(back=st.integers(1, 20), rtt=st.integers(1_000, 2 * MS))
+    def late_reply(self, back, rtt):
+        seq, sent_ns = self.sent[-min(back, len(self.sent))]
+        self.peer = min(U64_MAX, self.peer + 1)
+        self.now += rtt
+        self.both("reply", self.peer, seq, sent_ns, self.now)
 
     @rule(rtt=st.integers(1_000, 12 * MS), step=st.integers(-3, 3), good=st.booleans())
     def reply(self, rtt, step, good):
