@@ -13,6 +13,14 @@ from test_e2e import IDENTITY, NICS, assert_identity_on, transitions, wait_reach
 pytestmark = pytest.mark.lab
 
 
+def both_on_the_alternate(lab) -> None:
+    """Both nodes settle in Alternate-Active with their identities on the alternate, reachable."""
+    for node in ("alpha", "beta"):
+        lab.wait_state(node, "Alternate-Active", 10)
+        assert_identity_on(lab, node, 1)
+        wait_reachable(lab, node)
+
+
 def test_nic_deleted_while_holding_the_identity_fails_over(make_lab):
     lab = make_lab()
     for node in ("alpha", "beta"):
@@ -141,10 +149,7 @@ def test_a_full_disk_under_the_log_never_stops_a_failover(make_lab, tmp_path):
         st = lab.wait_state("alpha", "Monitoring", 10)
         assert st["eventlog_degraded"], st
         lab.fault("carrier", "primary")
-        for node in ("alpha", "beta"):
-            lab.wait_state(node, "Alternate-Active", 10)
-            assert_identity_on(lab, node, 1)
-            wait_reachable(lab, node)
+        both_on_the_alternate(lab)
         filler.unlink()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and lab.status("alpha")["eventlog_degraded"]:
@@ -216,10 +221,7 @@ def test_a_step_that_fails_mid_move_is_retried_and_bookkeeping_still_runs(make_l
     for node in ("alpha", "beta"):
         lab.wait_state(node, "Monitoring", 10, all_paths_up=True)
     lab.fault("carrier", "primary")
-    for node in ("alpha", "beta"):
-        lab.wait_state(node, "Alternate-Active", 10)
-        assert_identity_on(lab, node, 1)
-        wait_reachable(lab, node)
+    both_on_the_alternate(lab)
     from hanet.eventlog import reader
     reasons = [e.record["tr"]["reason"] for e in reader.read_file(lab.log_path("alpha"), lambda d: None)
                if e.record["k"] == "transition"]
@@ -257,7 +259,4 @@ def test_start_with_a_nic_missing_then_it_returns(make_lab):
     for node in ("alpha", "beta"):
         lab.wait_state(node, "Monitoring", 10, all_paths_up=True)
     lab.fault("carrier", "primary")
-    for node in ("alpha", "beta"):
-        lab.wait_state(node, "Alternate-Active", 10)
-        assert_identity_on(lab, node, 1)
-        wait_reachable(lab, node)
+    both_on_the_alternate(lab)
