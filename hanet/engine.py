@@ -233,15 +233,9 @@ class Engine:
     def _open_log(self) -> None:
         if self.dry_run:
             return
-        try:
-            self.writer = Writer.from_config(self.cfg.eventlog, self.cfg.node_id,
-                                             params=self._params_record,
-                                             snapshot=self.machine.snapshot, on_health=self._log_health)
-        except OSError as exc:  # not even a directory for it: act without a log
-            self.log_error = f"cannot open {self.cfg.eventlog.path}: {exc.strerror}"
-            log.error("eventlog unavailable path=%s error=%s: acting without a record",
-                      self.cfg.eventlog.path, exc.strerror)
-            self._stop_if_log_required()
+        # The writer never raises on I/O: a log it cannot open starts degraded (_log_health).
+        self.writer = Writer.from_config(self.cfg.eventlog, self.cfg.node_id, params=self._params_record,
+                                         snapshot=self.machine.snapshot, on_health=self._log_health)
 
     def _params_record(self) -> dict[str, Any]:
         """The body of a config record; the first of a run says what changed in the path list."""
@@ -437,8 +431,7 @@ class Engine:
             if self.metrics is not None:
                 self.metrics.update_paths(self.path_status())
             if self.writer is not None:
-                self.writer.retry()
-                self.writer.flush()
+                self.writer.flush()  # while degraded, this is also the retry
 
     # ------------------------------------------------------------------ operators
     def status_line(self) -> str:
