@@ -1119,7 +1119,6 @@ class Machine:
 
     def __init__(self, params: Params, state: State | None = None):
         self.params = params
-        self._rules = rules(params)  # looked up once, not per event
         self.current = state if state is not None else initial_state(params)
 
     @classmethod
@@ -1132,7 +1131,7 @@ class Machine:
         return cls(params, State.from_dict(snap, params))
 
     def step(self, event: m.Event) -> Step:
-        result = self._rules.step(self.current, event)
+        result = step(self.params, self.current, event)
         self.current = result.state
         return result
 
@@ -1141,7 +1140,7 @@ class Machine:
         Returns what changed in the path list, in words."""
         new = params if isinstance(params, Params) else Params.from_dict(params)
         self.current, changes = adapt(self.current, self.params, new)
-        self.params, self._rules = new, rules(new)
+        self.params = new
         return changes
 
     def snapshot(self) -> dict[str, Any]:
@@ -1170,7 +1169,7 @@ class Machine:
 
     def view(self, now: int | None = None) -> "PathView":
         """Derived facts of every path as of ``now`` (default: the state's own time)."""
-        return PathView(self._rules, self.current, self.current.now if now is None else max(now, self.current.now))
+        return PathView(rules(self.params), self.current, self.current.now if now is None else max(now, self.current.now))
 
 
 class PathView:
