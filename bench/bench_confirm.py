@@ -161,6 +161,8 @@ def detections(lab, a: Prober, ev_a: list, interval_ms: float, trials: int, both
     res["nft_run_ms"] = summary(nft)  # how much earlier the rule may have been in force
     res["first_overdue_ms"] = summary(overdue)  # from the fault to the first overdue reply
     res["confirms_sent"] = summary(sent)
+    res["trials_ms"] = [round(x, 2) for x in out]
+    res["first_overdue_trials_ms"] = [round(x, 2) for x in overdue]
     return res
 
 

@@ -67,6 +67,7 @@ cdef extern from "_fastprobe.h" nogil:
         HN_KIND_REQUEST
         HN_KIND_REPLY
         HN_KIND_NOTICE
+        HN_REQUEST_CONFIRM
         HN_NODE_ID_LEN
         HN_MAC_LEN
         HN_BODY_LEN
@@ -149,6 +150,7 @@ cdef enum:
     KIND_REQUEST = HN_KIND_REQUEST
     KIND_REPLY = HN_KIND_REPLY
     KIND_NOTICE = HN_KIND_NOTICE
+    REQUEST_CONFIRM = HN_REQUEST_CONFIRM
     NODE_ID_LEN = HN_NODE_ID_LEN
     MAC_LEN = HN_MAC_LEN
     BODY_LEN = HN_BODY_LEN
@@ -182,7 +184,7 @@ def _check_constants():
             "BODY_LEN": BODY_LEN, "FRAME_LEN": FRAME_LEN, "OFF_KIND": HN_OFF_KIND,
             "OFF_PATH": HN_OFF_PATH, "OFF_ACTIVE": HN_OFF_ACTIVE, "OFF_NODE_ID": HN_OFF_NODE_ID,
             "OFF_SEQ": HN_OFF_SEQ, "OFF_SEND_NS": HN_OFF_SEND_NS, "OFF_ECHO_SEQ": HN_OFF_ECHO_SEQ,
-            "OFF_ECHO_NS": HN_OFF_ECHO_NS}
+            "OFF_ECHO_NS": HN_OFF_ECHO_NS, "REQUEST_CONFIRM": REQUEST_CONFIRM}
     wrong = {k: v for k, v in ours.items() if getattr(wire, k) != v}
     if wrong or len(wire.DROP_REASONS) != N_DROPS:
         raise ImportError(f"hanet._fastprobe was built for another frame layout: {wrong}")
@@ -427,6 +429,8 @@ cdef struct Session:
     Sent pinned             # the request first overdue: its late reply still clears
     Sent recent[CONFIRM_RING]   # the last requests of the suspicion, likewise
     int nrecent
+    uint64_t peer_sent_ns   # the peer's send time of its last scheduled request here; 0: none
+    int64_t peer_deadline   # when the peer's next scheduled request is overdue; 0: not expected
     int64_t win_send_lag_max    # lag maxima since the last reply in steady state or last event
     int64_t win_recv_delay_max
 
@@ -500,6 +504,8 @@ cdef struct Core:
     int64_t interval_ns
     int64_t reply_timeout_ns  # 0: adaptive, srtt + 4 rttvar within [floor, interval]
     int64_t confirm_ns      # confirmation probing's floor; 0: off
+    bint align              # confirmation probing, and our node id is the higher: our requests
+                            # go half an interval after the peer's (align_schedule)
     int64_t poll_ns
     int64_t quality_ns
     int multiplier
@@ -790,6 +796,74 @@ cdef void begin_suspicion(Session *s, int64_t now) noexcept nogil:
         s.pinned.seq, s.pinned.ns, s.pinned.confirm = s.out_seq, s.out_sent_ns, s.confirming
 
 
+cdef void turn_suspect(Core *c, int i, int64_t now) noexcept nogil:
+    """Path ``i``, believed up, fell silent (a reply or the peer's request overdue): suspect,
+    confirmations go from now."""
+    cdef Session *s = &c.paths[i].s
+    cdef Event *e
+    begin_suspicion(s, now)
+    s.first_miss_ns = now
+    s.state = STATE_SUSPECT
+    e = path_event(c, i, EV_SUSPECT, now)
+    if e != NULL:
+        e.misses = s.misses
+        e.send_lag_max_ns, e.recv_delay_max_ns = s.win_send_lag_max, s.win_recv_delay_max
+
+
+cdef bint on_peer_schedule(Core *c, uint64_t send_ns, uint64_t prev_ns) noexcept nogil:
+    """The peer sent a request at ``send_ns`` (its clock) a whole number of our intervals, to
+    within an eighth, after its previous one at ``prev_ns``: it runs our interval, so its next
+    request is due one interval on."""
+    cdef int64_t d = <int64_t>(send_ns - prev_ns)
+    cdef int64_t t = c.interval_ns, r
+    if prev_ns == 0 or d < t - t // 8:
+        return False
+    r = d % t
+    return r <= t // 8 or r >= t - t // 8
+
+
+cdef bint session_peer_request(Core *c, int i, uint64_t send_ns, bint confirm,
+                               int64_t now) noexcept nogil:
+    """A new authenticated request of the peer's arrived on path ``i`` at ``now``.
+
+    With confirmation probing the peer's own schedule is evidence too: once its requests come
+    every interval, the next one is expected an interval later, give or take the path's reply
+    timeout and an eighth of the interval for the peer's send lateness; a silence past that turns
+    the path suspect as an overdue reply does (session_due). Half the frames a node receives
+    are the peer's requests, so a silent fault shows sooner at no cost on the wire. The peer's
+    confirmations are off its schedule and change nothing. True: this request was on schedule."""
+    cdef Session *s = &c.paths[i].s
+    cdef bint on
+    if c.confirm_ns == 0 or confirm:
+        return False
+    on = on_peer_schedule(c, send_ns, s.peer_sent_ns)
+    s.peer_sent_ns = send_ns
+    s.peer_deadline = now + c.interval_ns + reply_timeout(c, s) + c.interval_ns // 8 if on else 0
+    return on
+
+
+cdef int64_t session_deadline(Session *s) noexcept nogil:
+    """The session's next deadline: the outstanding reply's or the peer's next request's, the
+    sooner; 0: none."""
+    if s.reply_deadline and (s.peer_deadline == 0 or s.reply_deadline <= s.peer_deadline):
+        return s.reply_deadline
+    return s.peer_deadline
+
+
+cdef bint session_due(Core *c, int i, int64_t now) noexcept nogil:
+    """Run path ``i``'s session deadlines that have come. True: send a confirmation request now."""
+    cdef Session *s = &c.paths[i].s
+    cdef bint confirm = False
+    if s.reply_deadline and now >= s.reply_deadline:
+        confirm = session_overdue(c, i, now)
+    if s.peer_deadline and now >= s.peer_deadline:
+        s.peer_deadline = 0
+        if c.confirm_ns > 0 and s.state == STATE_UP:
+            turn_suspect(c, i, now)
+            confirm = True
+    return confirm
+
+
 cdef bint session_overdue(Core *c, int i, int64_t now) noexcept nogil:
     """The outstanding request of path ``i`` got no reply in time: count the miss once. True
     when a confirmation request should go at once.
@@ -808,13 +882,7 @@ cdef bint session_overdue(Core *c, int i, int64_t now) noexcept nogil:
         s.misses += 1
     s.oks = 0
     if s.state == STATE_UP:
-        begin_suspicion(s, now)
-        s.first_miss_ns = now
-        s.state = STATE_SUSPECT
-        e = path_event(c, i, EV_SUSPECT, now)
-        if e != NULL:
-            e.misses = s.misses
-            e.send_lag_max_ns, e.recv_delay_max_ns = s.win_send_lag_max, s.win_recv_delay_max
+        turn_suspect(c, i, now)
     elif s.confirming:
         s.confirms_unanswered += 1
     if s.confirms_unanswered >= c.multiplier - 1 and now - s.confirm_first_ns >= c.confirm_ns:
@@ -833,7 +901,9 @@ cdef uint64_t session_request(Core *c, int i, int64_t now, bint confirm) noexcep
     cdef int k
     if not confirm and s.confirming and s.reply_deadline and now < s.reply_deadline:
         return 0
-    if s.reply_deadline and session_overdue(c, i, now):
+    # The request outstanding is replaced: its miss counts now, unless this is a confirmation
+    # sent before its deadline (the peer's request was overdue); it then stays answerable.
+    if s.reply_deadline and (not confirm or now >= s.reply_deadline) and session_overdue(c, i, now):
         confirm = True
     seq = next_seq(c, now)
     if seq == 0:
@@ -908,6 +978,7 @@ cdef void session_resume(Path *p) noexcept nogil:
     p.s.state = STATE_UNKNOWN
     p.s.misses = p.s.oks = 0
     p.s.confirming = False
+    p.s.peer_sent_ns = p.s.peer_deadline = 0
     clear_suspicion(&p.s)
     reset_lag_window(&p.s)
 
@@ -1019,8 +1090,26 @@ cdef void send_confirmation(Core *c, int i, int64_t now) noexcept nogil:
     """A confirmation request at once, off the schedule: the path just missed a reply."""
     cdef uint64_t seq = session_request(c, i, now, True)
     if seq:
-        send_frame(c, i, KIND_REQUEST, 0, seq, <uint64_t>now, 0, 0)
+        send_frame(c, i, KIND_REQUEST, REQUEST_CONFIRM, seq, <uint64_t>now, 0, 0)
         c.paths[i].n.sent += 1
+
+
+cdef void align_schedule(Core *c, int i, int64_t now) noexcept nogil:
+    """The peer's scheduled request on path ``i`` just arrived: our requests there go half an
+    interval after the peer's, so that a frame of one node or the other crosses the path every
+    half interval and a silent fault shows a quarter interval after it on average, not a half.
+    One node of the two aligns (the higher node id); only ever earlier, so no gap between our
+    requests exceeds the interval, and an eighth off is close enough."""
+    cdef Path *p = &c.paths[i]
+    cdef int64_t t = c.interval_ns
+    cdef int64_t off = (p.next_send - now - t // 2) % t
+    if off < 0:
+        off += t
+    if off <= t // 8 or off >= t - t // 8:
+        return
+    p.next_send -= off
+    if p.next_send < now:
+        p.next_send = now
 
 
 cdef bint peer_mac_ok(Core *c, sockaddr_ll *frm) noexcept nogil:
@@ -1084,6 +1173,8 @@ cdef void on_frame(Core *c, int i, const uint8_t *buf, ssize_t n, sockaddr_ll *f
     if recv_delay > p.s.win_recv_delay_max:
         p.s.win_recv_delay_max = recv_delay
     if f.kind == KIND_REQUEST:
+        if session_peer_request(c, i, f.send_ns, f.active == REQUEST_CONFIRM, now) and c.align:
+            align_schedule(c, i, now)
         seq = next_seq(c, now)
         if seq:
             send_frame(c, i, KIND_REPLY, 0, seq, <uint64_t>mono_ns(), f.seq, f.send_ns)
@@ -1224,7 +1315,7 @@ cdef void quality_window(Core *c, int i, int64_t now) noexcept nogil:
 cdef int64_t service(Core *c) noexcept nogil:
     """Run every deadline that has come; return the next one."""
     cdef int64_t now = mono_ns()
-    cdef int64_t nxt
+    cdef int64_t nxt, due
     cdef int i
     cdef uint64_t seq
     cdef Path *p
@@ -1236,11 +1327,12 @@ cdef int64_t service(Core *c) noexcept nogil:
     nxt = c.next_poll
     for i in range(c.npaths):
         p = &c.paths[i]
-        if p.s.reply_deadline and now >= p.s.reply_deadline and p.sock.fd >= 0:
-            # A reply may be waiting unread because this thread itself was late (a busy host):
-            # read it before counting a miss, so only the peer's silence counts.
+        due = session_deadline(&p.s)
+        if due and now >= due and p.sock.fd >= 0:
+            # A frame may be waiting unread because this thread itself was late (a busy host):
+            # read it before counting a silence, so only the peer's silence counts.
             receive(c, i)
-        if p.s.reply_deadline and now >= p.s.reply_deadline and session_overdue(c, i, now):
+        if session_due(c, i, now):
             send_confirmation(c, i, now)
         if now >= p.next_send:
             tick(c, i)
@@ -1255,8 +1347,9 @@ cdef int64_t service(Core *c) noexcept nogil:
             quality_window(c, i, now)
         if p.next_send < nxt:
             nxt = p.next_send
-        if p.s.reply_deadline and p.s.reply_deadline < nxt:
-            nxt = p.s.reply_deadline
+        due = session_deadline(&p.s)
+        if due and due < nxt:
+            nxt = due
         if p.notice.left > 0 and p.notice.next < nxt:
             nxt = p.notice.next
         if c.quality_ns > 0 and p.q.next < nxt:
@@ -1431,6 +1524,7 @@ cdef class Engine:
         self.c.interval_ns = <int64_t>(interval_ms * 1e6)
         self.c.reply_timeout_ns = <int64_t>(reply_timeout_ms * 1e6)
         self.c.confirm_ns = <int64_t>(confirm_ms * 1e6)
+        self.c.align = self.c.confirm_ns > 0 and memcmp(self.c.node_id, self.c.peer_id, NODE_ID_LEN) > 0
         self.c.poll_ns = <int64_t>(poll_interval_ms * 1e6)
         self.c.quality_ns = <int64_t>(quality_window_ms * 1e6)
         self.c.multiplier = multiplier
@@ -1730,14 +1824,21 @@ cdef class SessionModel:
         return session_request(self.c, 0, now, confirm)
 
     def deadline(self):
-        """When the outstanding request's miss counts (0: nothing pending)."""
-        return self.c.paths[0].s.reply_deadline
+        """When the outstanding request's miss or the peer's silence counts (0: nothing pending)."""
+        return session_deadline(&self.c.paths[0].s)
 
     def overdue(self, int64_t now):
-        """Count the miss if the deadline has passed; True: send a confirmation request now."""
-        if self.c.paths[0].s.reply_deadline and now >= self.c.paths[0].s.reply_deadline:
-            return session_overdue(self.c, 0, now)
-        return False
+        """Run the deadlines that have passed; True: send a confirmation request now."""
+        return session_due(self.c, 0, now)
+
+    def peer_request(self, uint64_t seq, uint64_t send_ns, int64_t now, bint confirm=False):
+        """A request of the peer's (already authenticated): "ok" or the drop reason."""
+        cdef int code = window_check(&self.c.paths[0].win, seq, self.c.window)
+        if code != FRAME_OK:
+            return DROP_REASONS[code]
+        window_accept(&self.c.paths[0].win, seq)
+        session_peer_request(self.c, 0, send_ns, confirm, now)
+        return "ok"
 
     def reply(self, uint64_t seq, uint64_t echo_seq, uint64_t echo_ns, int64_t now):
         """A reply frame (already authenticated) arrives: the drop reason or "ok"."""

@@ -25,7 +25,12 @@ What a session decides:
   confirmations in a row went unanswered AND ``confirm_ns`` has passed since the first overdue
   reply: a silence shorter than ``confirm_ns`` (a paused or starved peer) never makes it lost.
   Any reply of the suspicion (to the request first overdue, or to any confirmation of the last
-  ``CONFIRM_RING``) clears it, so a slow reply alone never makes a path lost.
+  ``CONFIRM_RING``) clears it, so a slow reply alone never makes a path lost;
+* with confirmation probing the peer's own schedule is evidence too: once two of its requests
+  came a whole number of intervals apart (by the peer's send times), the next is expected an
+  interval after the last arrived, give or take the reply timeout and an eighth of the interval;
+  a silence past that turns a path that is up suspect, as an overdue reply does. The peer's
+  confirmation requests (``active`` = REQUEST_CONFIRM) are off its schedule and change nothing.
 """
 from __future__ import annotations
 
@@ -105,6 +110,7 @@ class Session:
         self.first_miss_ns = 0
         self.out_seq = self.sent_ns = self._deadline = 0
         self.srtt = self.rttvar = 0
+        self.peer_sent_ns = self.peer_deadline = 0
         self.win = ReplayWindow()
         self.seq_low_told = self.seq_out_told = False
         self.events: list[model.Event] = []
@@ -184,7 +190,9 @@ class Session:
     def request(self, now: int, confirm: bool = False) -> int:
         if not confirm and self.confirming and self._deadline and now < self._deadline:
             return 0  # a confirmation is waiting for its reply: it stands in for this request
-        if self._deadline and self._overdue(now):
+        # The request outstanding is replaced: its miss counts now, unless this is a confirmation
+        # sent before its deadline (the peer's request was overdue); it then stays answerable.
+        if self._deadline and (not confirm or now >= self._deadline) and self._overdue(now):
             confirm = True
         seq = self._next_seq(now)
         if seq == 0:
@@ -203,7 +211,34 @@ class Session:
         return seq
 
     def deadline(self) -> int:
-        return self._deadline
+        """When the outstanding request's miss or the peer's silence counts (0: nothing pending)."""
+        if self._deadline and (self.peer_deadline == 0 or self._deadline <= self.peer_deadline):
+            return self._deadline
+        return self.peer_deadline
+
+    def _turn_suspect(self, now: int) -> None:
+        self._begin_suspicion(now)
+        self.first_miss_ns = now
+        self.state = SUSPECT
+        self._emit(model.HeartbeatSuspect(t_ns=now, path=0, misses=self.misses))
+
+    def _on_peer_schedule(self, send_ns: int) -> bool:
+        t, prev = self.interval_ns, self.peer_sent_ns
+        d = (send_ns - prev) & U64_MAX
+        if d > U64_MAX >> 1:
+            d -= 1 << 64
+        if prev == 0 or d < t - t // 8:
+            return False
+        return d % t <= t // 8 or d % t >= t - t // 8
+
+    def peer_request(self, seq: int, send_ns: int, now: int, confirm: bool = False) -> str:
+        """A request of the peer's (already authenticated): "ok" or the drop reason."""
+        code = self.frame(seq)
+        if code == "ok" and self.confirm_ns > 0 and not confirm:
+            on = self._on_peer_schedule(send_ns)
+            self.peer_sent_ns = send_ns
+            self.peer_deadline = now + self.interval_ns + self.reply_timeout() + self.interval_ns // 8 if on else 0
+        return code
 
     def _overdue(self, now: int) -> bool:
         self._deadline = 0
@@ -214,10 +249,7 @@ class Session:
             self.misses += 1
         self.oks = 0
         if self.state == UP:
-            self._begin_suspicion(now)
-            self.first_miss_ns = now
-            self.state = SUSPECT
-            self._emit(model.HeartbeatSuspect(t_ns=now, path=0, misses=self.misses))
+            self._turn_suspect(now)
         elif self.confirming:
             self.confirms_unanswered += 1
         if (self.confirms_unanswered >= self.multiplier - 1
@@ -232,10 +264,16 @@ class Session:
         return True
 
     def overdue(self, now: int) -> bool:
-        """Count the miss if the deadline has passed; True: send a confirmation request now."""
+        """Run the deadlines that have passed; True: send a confirmation request now."""
+        confirm = False
         if self._deadline and now >= self._deadline:
-            return self._overdue(now)
-        return False
+            confirm = self._overdue(now)
+        if self.peer_deadline and now >= self.peer_deadline:
+            self.peer_deadline = 0
+            if self.confirm_ns > 0 and self.state == UP:
+                self._turn_suspect(now)
+                confirm = True
+        return confirm
 
     def reply(self, seq: int, echo_seq: int, echo_ns: int, now: int) -> str:
         code = self.win.check(seq, self.window)
@@ -280,6 +318,7 @@ class Session:
         self.state = UNKNOWN
         self.misses = self.oks = 0
         self.confirming = False
+        self.peer_sent_ns = self.peer_deadline = 0
         self._clear_suspicion()
 
     def drain(self) -> list[model.Event]:

@@ -9,7 +9,9 @@ Layout (network byte order), ``FRAME_LEN`` bytes:
       0     1  version          VERSION
       1     1  kind             KIND_REQUEST / KIND_REPLY / KIND_NOTICE
       2     1  path             sender's path index (both nodes list paths in the same order)
-      3     1  active           NOTICE: path index the sender's identity now sits on; else 0
+      3     1  active           NOTICE: path index the sender's identity now sits on;
+                                REQUEST: REQUEST_CONFIRM for a confirmation (sent off the
+                                schedule), else 0; REPLY: 0
       4    16  node_id          sender's node id, UTF-8, zero padded
      20     8  seq              sender's sequence number (unsigned; +1 a frame, never wraps)
      28     8  send_ns          sender's CLOCK_MONOTONIC ns at send (unsigned)
@@ -24,6 +26,8 @@ KIND_REQUEST = 1
 KIND_REPLY = 2
 KIND_NOTICE = 3
 KINDS = (KIND_REQUEST, KIND_REPLY, KIND_NOTICE)
+#: A request's ``active`` byte: a confirmation request, off the sender's steady schedule.
+REQUEST_CONFIRM = 1
 
 NODE_ID_LEN = 16
 MAC_LEN = 16

@@ -220,6 +220,81 @@ def test_a_confirmation_answered_clears_the_path(impl):
     assert s.deadline() < now + 11 * MS
 
 
+def peer_on_schedule(s, now, count=2, phase=5 * MS, seq=20000, peer_clock=7 * 10**12):
+    """The peer's scheduled requests, one an interval, arriving ``phase`` after ours (at ``now``,
+    ``now`` + 10 ms, ...); returns the arrival time of the last."""
+    for k in range(count):
+        t = now + k * 10 * MS + phase
+        assert s.peer_request(seq + k, peer_clock + k * 10 * MS + 30_000 * (k % 2), t) == "ok"
+    return t
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_the_peers_schedule_turns_a_silent_path_suspect_before_our_own_request(impl):
+    s = make(impl, confirm_ns=5 * MS)
+    now = up_with_rtt(s)
+    s.request(now)
+    assert answer(s, now, 6001) == "ok"
+    last = peer_on_schedule(s, now - 10 * MS)   # its requests at now - 5 ms and now + 5 ms
+    expected = last + 10 * MS + 250_000 + 10 * MS // 8  # an interval, the reply timeout, an eighth
+    assert s.deadline() == expected < now + 10 * MS + 250_000 + 10 * MS
+    assert not s.overdue(expected - 1) and s.state == "up"
+    assert s.overdue(expected) and s.state == "suspect"   # before our next request even leaves
+    assert s.request(expected, True) > 0
+    lost_at = confirm_until_lost(s, expected)
+    events = s.drain()
+    assert [type(e) for e in events] == [model.HeartbeatSuspect, model.HeartbeatLost]
+    assert events[1].confirm_first_ns == expected
+    assert expected + 5 * MS <= lost_at <= expected + 5 * MS + 250_000
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_confirmation_on_the_peers_silence_leaves_our_request_answerable(impl):
+    s = make(impl, confirm_ns=5 * MS)
+    now = up_with_rtt(s)
+    last = peer_on_schedule(s, now)
+    due = last + 10 * MS + 250_000 + 10 * MS // 8
+    seq, sent = s.request(due - 100_000), s.sent_ns  # ours leaves, then the peer's is overdue
+    assert s.overdue(due) and s.request(due, True) > 0
+    assert s.reply(20100, seq, sent, due + 50_000) == "ok"   # the peer answers our scheduled one
+    events = s.drain()
+    assert [type(e) for e in events] == [model.HeartbeatSuspect, model.HeartbeatCleared]
+    assert (events[1].confirms_sent, events[1].confirms_answered) == (1, 0)
+    assert s.state == "up"
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("case", ["first", "off schedule", "confirmation", "confirm off"])
+def test_the_peers_silence_counts_only_after_requests_on_its_schedule(impl, case):
+    s = make(impl, confirm_ns=0 if case == "confirm off" else 5 * MS)
+    now = up_with_rtt(s)
+    if case == "first":
+        assert s.peer_request(20000, 7 * 10**12, now) == "ok"
+    elif case == "off schedule":   # the peer moved its schedule, or runs another interval
+        peer_on_schedule(s, now)
+        assert s.peer_request(20002, 7 * 10**12 + 14 * MS, now + 14 * MS) == "ok"
+    elif case == "confirmation":   # sent off the peer's schedule: it changes nothing
+        last = peer_on_schedule(s, now)
+        before = s.deadline()
+        assert s.peer_request(20002, 7 * 10**12 + 12 * MS, last + 2 * MS, True) == "ok"
+        assert s.deadline() == before > 0
+        return
+    else:
+        peer_on_schedule(s, now)
+    assert s.deadline() == 0
+    assert not s.overdue(now + 100 * MS) and s.state == "up"
+    assert s.drain() == []
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_peer_request_is_still_checked_against_the_replay_window(impl):
+    s = make(impl, confirm_ns=5 * MS)
+    up_with_rtt(s)
+    assert s.peer_request(20000, 7 * 10**12, 50 * MS) == "ok"
+    assert s.peer_request(20000, 7 * 10**12 + 10 * MS, 60 * MS) == "replay"
+    assert s.deadline() == 0   # a replayed request is no evidence of a schedule
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 def test_without_confirmation_probing_a_request_waits_an_interval(impl):
     s = make(impl)
@@ -318,6 +393,15 @@ class BothSessionsAgree(RuleBasedStateMachine):
         if seq < (1 << 20):
             seq = max(0, min(U64_MAX, self.peer + seq))
         self.both("frame", seq)
+
+    @rule(dt=st.integers(0, 12 * MS), step=st.integers(-2, 3),
+          gap=st.sampled_from([10 * MS, 10 * MS + 900_000, 20 * MS - 1_000_000, 13 * MS, 5 * MS]),
+          confirm=st.booleans())
+    def peer_request(self, dt, step, gap, confirm):
+        self.now += dt
+        self.peer = max(0, min(U64_MAX, self.peer + step))
+        self.peer_clock = getattr(self, "peer_clock", 1 << 50) + gap
+        self.both("peer_request", self.peer, self.peer_clock, self.now, confirm)
 
     @rule()
     def pause(self):
