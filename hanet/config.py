@@ -87,7 +87,18 @@ class HeartbeatConfig:
     key: bytes = field(default=b"", repr=False)  # read from key_file at load time
     rcvbuf_kb: int = 4096  # receive ring of each path socket: room for bursts of junk frames
     rt_priority: int = 0  # SCHED_FIFO priority of the probe thread (needs CAP_SYS_NICE); 0 = normal
-    confirm_ms: float = 0.0  # confirmation probing's floor; 0 = off
+    # Confirmation probing's floor: no path is lost before this long after its first silence.
+    # None ("auto"): DEFAULT_CONFIRM_MS, or interval_ms if shorter; 0 = off (BFD's rule alone).
+    confirm_ms: float | None = None
+
+    @property
+    def confirm_floor_ms(self) -> float:
+        return min(DEFAULT_CONFIRM_MS, self.interval_ms) if self.confirm_ms is None else self.confirm_ms
+
+
+#: The confirmation floor when heartbeat.confirm_ms is not set: the shortest that gave no false
+#: "lost" with both cores of a 2-core host saturated (bench/README.md).
+DEFAULT_CONFIRM_MS = 5.0
 
 
 @dataclass(frozen=True)
@@ -325,14 +336,14 @@ def _ip_list(sec: _Section, name: str, check: Callable[[str], str]) -> tuple[str
     return tuple(good)
 
 
-def _reply_timeout(hb: _Section) -> float:
-    """``"auto"`` (0.0) or a fixed time in ms."""
+def _auto_or_ms(hb: _Section, name: str, lo: float, auto: float | None) -> float | None:
+    """``"auto"`` (``auto``) or a time in ms."""
     def check(v) -> str:
         if isinstance(v, str):
             return "" if v == "auto" else f"must be \"auto\" or a number of ms; got {v!r}"
-        return _range(v, 0.01, 60000)
-    value = hb.get("reply_timeout_ms", (str, int, float), "auto", check)
-    return 0.0 if value == "auto" else float(value)
+        return _range(v, lo, 60000)
+    value = hb.get(name, (str, int, float), "auto", check)
+    return auto if value == "auto" else float(value)
 
 
 def _read_key(file: str, key_file: str, base_dir: str) -> bytes:
@@ -446,19 +457,19 @@ def _parse(doc: dict, file: str, base_dir: str, interface_exists: Callable[[str]
         interval_ms=float(hb.number("interval_ms", d.interval_ms, 0.5, 60000)),
         multiplier=hb.number("multiplier", d.multiplier, 1, 255, integer=True),
         recover_count=hb.number("recover_count", d.recover_count, 1, 1000, integer=True),
-        reply_timeout_ms=_reply_timeout(hb),
+        reply_timeout_ms=_auto_or_ms(hb, "reply_timeout_ms", 0.01, 0.0),
         ethertype=hb.number("ethertype", d.ethertype, 0x0600, 0xFFFF, integer=True),
         key_file=hb.get("key_file", str, d.key_file),
         replay_window=hb.number("replay_window", d.replay_window, 1, 1024, integer=True),
         rcvbuf_kb=hb.number("rcvbuf_kb", d.rcvbuf_kb, 64, 1 << 20, integer=True),
         rt_priority=hb.number("rt_priority", d.rt_priority, 0, 99, integer=True),
-        confirm_ms=float(hb.number("confirm_ms", d.confirm_ms, 0, 60000)),
+        confirm_ms=_auto_or_ms(hb, "confirm_ms", 0, None),
     )
     hb.done()
     if heartbeat.reply_timeout_ms > heartbeat.interval_ms:
         _report(file, "heartbeat.reply_timeout_ms",
                 f"{heartbeat.reply_timeout_ms} ms is longer than interval_ms ({heartbeat.interval_ms} ms)")
-    if heartbeat.confirm_ms > heartbeat.interval_ms:
+    if heartbeat.confirm_ms is not None and heartbeat.confirm_ms > heartbeat.interval_ms:
         _report(file, "heartbeat.confirm_ms",
                 f"{heartbeat.confirm_ms} ms is longer than interval_ms ({heartbeat.interval_ms} ms)")
     if heartbeat.ethertype in (0x0800, 0x0806, 0x86DD, 0x8100, 0x88A8, 0x88CC):
