@@ -1,7 +1,7 @@
 """Detection and recovery latency of hanet and its peers, fault by fault, in real namespaces.
 
     python bench/detection.py [--trials N] [--settings 1x3,10x3,100x3] \
-        [--faults carrier,blackhole,oneway,busy-carrier] [--peers hanet,bfdd] \
+        [--faults carrier,blackhole,oneway,busy-carrier] [--peers hanet,hanet_bfdrule,bfdd] \
         --json out.json [--plot out.png]
 
 For each setting (heartbeat interval x multiplier), each peer (one adapter in bench/peers/) and
@@ -262,17 +262,17 @@ def environment() -> dict:
 
 
 def print_summary(result: dict) -> None:
-    print("\npeer   setting  fault         n  failed  det p50   det p99   det max   recov p50  recov p99  inj p50 us  cpu%(a,b)")
+    print("\npeer           setting  fault         n  failed  det p50   det p99   det max   recov p50  recov p99  inj p50 us  cpu%(a,b)")
     for run in result["runs"]:
         setting = f"{run['interval_ms']:g}x{run['multiplier']}"
         if run.get("status") != "ok":
-            print(f"{run['peer']:<6} {setting:<8} {run.get('status')}: {run.get('reason', '')}")
+            print(f"{run['peer']:<14} {setting:<8} {run.get('status')}: {run.get('reason', '')}")
         if not run.get("faults"):
             continue
         cpu = run.get("cpu_at_rest_percent", {})
         for kind, s in run["faults"].items():
             d, r, i = s["detection_ms"] or {}, s["recovery_ms"] or {}, s["inject_us"] or {}
-            print(f"{run['peer']:<6} {setting:<8} {kind:<13} {d.get('n', 0):>2}  {s['failed']:>6}  "
+            print(f"{run['peer']:<14} {setting:<8} {kind:<13} {d.get('n', 0):>2}  {s['failed']:>6}  "
                   f"{d.get('p50', '-'):>8}  {d.get('p99', '-'):>8}  {d.get('max', '-'):>8}  "
                   f"{r.get('p50', '-'):>9}  {r.get('p99', '-'):>9}  {i.get('p50', '-'):>10}  "
                   f"{cpu.get('a', '-')},{cpu.get('b', '-')}")
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", type=parse_settings, default=parse_settings(DEFAULT_SETTINGS),
                         help="INTERVAL_MSxMULTIPLIER, comma-separated (default %(default)s)")
     parser.add_argument("--faults", type=parse_list(faultlib.Injector.KINDS), default=list(faultlib.Injector.KINDS))
-    parser.add_argument("--peers", type=parse_list(None), default=["hanet", "bfdd"])
+    parser.add_argument("--peers", type=parse_list(None), default=["hanet", "hanet_bfdrule", "bfdd"])
     parser.add_argument("--cpu-seconds", type=float, default=5.0, help="CPU-at-rest window per peer and setting")
     parser.add_argument("--json", required=True, help="where to write the results")
     parser.add_argument("--plot", help="PNG of the detection latency distributions (needs matplotlib)")

@@ -431,6 +431,7 @@ cdef struct Session:
     int nrecent
     uint64_t peer_sent_ns   # the peer's send time of its last scheduled request here; 0: none
     int64_t peer_deadline   # when the peer's next scheduled request is overdue; 0: not expected
+    int64_t peer_heard_ns   # when its last scheduled request arrived here
     int64_t win_send_lag_max    # lag maxima since the last reply in steady state or last event
     int64_t win_recv_delay_max
 
@@ -838,6 +839,8 @@ cdef bint session_peer_request(Core *c, int i, uint64_t send_ns, bint confirm,
         return False
     on = on_peer_schedule(c, send_ns, s.peer_sent_ns)
     s.peer_sent_ns = send_ns
+    if on:
+        s.peer_heard_ns = now
     s.peer_deadline = now + c.interval_ns + reply_timeout(c, s) + c.interval_ns // 8 if on else 0
     return on
 
@@ -1095,21 +1098,26 @@ cdef void send_confirmation(Core *c, int i, int64_t now) noexcept nogil:
 
 
 cdef void align_schedule(Core *c, int i, int64_t now) noexcept nogil:
-    """The peer's scheduled request on path ``i`` just arrived: our requests there go half an
-    interval after the peer's, so that a frame of one node or the other crosses the path every
-    half interval and a silent fault shows a quarter interval after it on average, not a half.
-    One node of the two aligns (the higher node id); only ever earlier, so no gap between our
-    requests exceeds the interval, and an eighth off is close enough."""
+    """The peer's scheduled request on path ``i`` just arrived: our requests there move towards
+    half an interval after the peer's, so that a frame of one node or the other crosses the path
+    every half interval and a silent fault shows a quarter interval after it on average, not a
+    half. One node of the two aligns (the higher node id), by at most a sixteenth of an interval
+    a request: no gap between our requests grows past what the peer allows for lateness (an
+    eighth), and within a sixteenth is aligned."""
     cdef Path *p = &c.paths[i]
     cdef int64_t t = c.interval_ns
-    cdef int64_t off = (p.next_send - now - t // 2) % t
-    if off < 0:
-        off += t
-    if off <= t // 8 or off >= t - t // 8:
+    cdef int64_t step = t // 16
+    cdef int64_t late = (p.next_send - now - t // 2) % t    # past the aligned slot by this
+    if late < 0:
+        late += t
+    if late <= step or late >= t - step:
         return
-    p.next_send -= off
-    if p.next_send < now:
-        p.next_send = now
+    if late <= t // 2:
+        p.next_send -= step
+        if p.next_send < now:
+            p.next_send = now
+    else:
+        p.next_send += step
 
 
 cdef bint peer_mac_ok(Core *c, sockaddr_ll *frm) noexcept nogil:
@@ -1783,6 +1791,7 @@ cdef class Engine:
                 "carrier_reads": p.n.carrier_reads, "carrier_ioctls": p.n.carrier_ioctls,
                 "seq_left": wire.U64_MAX - seq, "seq_refused": refused,
                 "last_reply_ns": p.smp.last_reply_ns,
+                "peer_request_ns": p.s.peer_heard_ns, "next_send_ns": p.next_send,
                 "rtt_max_ns": p.smp.rtt_max, "send_lag_max_ns": p.smp.lag_max, "reply_timeout_ns": timeout,
                 "rtt_samples": [p.smp.rtt[(p.smp.rtt_n - n_rtt + k) % SAMPLES] for k in range(n_rtt)],
                 "lag_samples": [p.smp.lag[(p.smp.lag_n - n_lag + k) % SAMPLES] for k in range(n_lag)],

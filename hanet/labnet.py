@@ -125,10 +125,12 @@ def _table(ifname: str) -> str:
     return f"hanet_fault_{ifname}".replace("-", "_").replace(".", "_")
 
 
-def drop_ingress(ns: Netns, ifname: str, percent: int = 100) -> None:
-    """Drop frames arriving on ``ifname`` (all, or ``percent`` % at random); carrier stays up."""
+def drop_ingress(ns: Netns, ifname: str, percent: int = 100, match: str = "") -> None:
+    """Drop frames arriving on ``ifname`` (all, or ``percent`` % at random; only those ``match``,
+    an nftables expression, says); carrier stays up."""
     table = _table(ifname)
     rule = "drop" if percent >= 100 else f"numgen random mod 100 < {int(percent)} drop"
+    rule = f"{match} {rule}".strip()
     ns.nft(f"""
 table netdev {table} {{
   chain ingress {{

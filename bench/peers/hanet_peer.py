@@ -49,11 +49,13 @@ def _kill_leftovers() -> None:
     _running.clear()
 
 
-def hanet_config(node: str, rundir: str, interval_ms: float, multiplier: int) -> str:
+def hanet_config(node: str, rundir: str, interval_ms: float, multiplier: int,
+                 confirm_ms: float | None = None) -> str:
     """Mirrored per node. No peer_mac: the identity's MAC moves with a failover, so the peer is
-    known by its node id alone."""
+    known by its node id alone. ``confirm_ms`` None: the default ("auto")."""
     other = "b" if node == "a" else "a"
     primary, alternate = PATH_NICS[node]
+    confirm = "" if confirm_ms is None else f"confirm_ms = {float(confirm_ms)}\n"
     return f"""\
 [node]
 id = "{NODE_IDS[node]}"
@@ -71,7 +73,7 @@ interface = "{alternate}"
 interval_ms = {float(interval_ms)}
 multiplier = {int(multiplier)}
 key_file = "heartbeat.key"
-
+{confirm}
 [failback]
 policy = "auto"
 hold_down_ms = {FAILBACK_HOLD_MS}
@@ -153,6 +155,7 @@ class HanetPeer(Peer):
     name = "hanet"
     min_interval_ms = MIN_INTERVAL_MS
     moves_traffic = True
+    confirm_ms: float | None = None  # heartbeat.confirm_ms; None: the default
 
     def __init__(self) -> None:
         self.nodes: dict[str, _Node] = {}
@@ -172,7 +175,7 @@ class HanetPeer(Peer):
                 os.chmod(os.path.join(rundir, "heartbeat.key"), 0o600)
                 conf = os.path.join(rundir, "hanet.toml")
                 with open(conf, "w") as f:
-                    f.write(hanet_config(node, rundir, interval_ms, multiplier))
+                    f.write(hanet_config(node, rundir, interval_ms, multiplier, self.confirm_ms))
                 with open(os.path.join(rundir, "stdout.log"), "w") as out:
                     n.proc = subprocess.Popen(
                         ["ip", "netns", "exec", ns.name, sys.executable, "-c",

@@ -9,7 +9,7 @@ import time
 import pytest
 from nsrun import in_netns, wait_for
 
-from hanet import config, frame, labnet, model, seqfloor
+from hanet import config, frame, labnet, model, seqfloor, wire
 from hanet.probe import Prober
 
 pytestmark = pytest.mark.lab
@@ -577,6 +577,54 @@ def test_confirmation_probing_declares_a_blackhole_confirm_ms_after_the_first_ov
         assert lost.confirms_sent >= 2 and a.stats(0)["confirms"] == lost.confirms_sent
         labnet.clear_ingress(a.ns, "nic1")
         a.wait(model.HeartbeatRecovered, 0, after_ns=lost.t_ns)
+    finally:
+        a.prober.stop()
+        b.prober.stop()
+
+
+def test_with_confirmation_probing_the_higher_node_id_sends_half_an_interval_after_the_other(lab, tmp_path):
+    # The two start within milliseconds of each other, so their schedules begin nearly in phase;
+    # "beta" (the higher id) moves its requests half an interval after alpha's, so one node's
+    # frame crosses each path every half interval.
+    interval_ns = 100_000_000
+    a, b = start_pair(lab, tmp_path, interval_ms=interval_ns / 1e6, confirm_ms=5.0)
+    try:
+        for node in (a, b):
+            for path in (0, 1):
+                node.wait(model.HeartbeatRecovered, path)
+        time.sleep(12 * interval_ns / 1e9)  # a sixteenth of an interval a request, half at most
+        for path in (0, 1):
+            st = b.stats(path)
+            offset = (st["next_send_ns"] - st["peer_request_ns"]) % interval_ns
+            assert abs(offset - interval_ns / 2) <= interval_ns / 16 + 2_000_000, (path, offset / 1e6)
+        assert not a.find(model.HeartbeatSuspect, 0) and not b.find(model.HeartbeatSuspect, 0)
+    finally:
+        a.prober.stop()
+        b.prober.stop()
+
+
+def test_the_peers_requests_missing_are_questioned_and_answered_confirmations_keep_the_path(lab, tmp_path):
+    # Only the peer's requests are dropped on a.nic1 (its replies pass): BFD's rule sees nothing
+    # wrong on a; with confirmation probing the missing request makes the path suspect, and the
+    # answered confirmation clears it. The peer's schedule is expected again only once one of its
+    # requests arrives, so the question is asked once, not every interval.
+    interval_ms = 20.0
+    a, b = start_pair(lab, tmp_path, interval_ms=interval_ms, confirm_ms=5.0)
+    try:
+        a.wait(model.HeartbeatRecovered, 0)
+        time.sleep(0.2)
+        t0 = time.monotonic_ns()
+        labnet.drop_ingress(a.ns, "nic1", match=f"ether type 0x{ETH_P_HANET:04x} @nh,8,8 {wire.KIND_REQUEST}")
+        try:
+            cleared = a.wait(model.HeartbeatCleared, 0, after_ns=t0)
+            assert cleared.confirms_sent >= 1 and cleared.confirms_answered == 1
+            time.sleep(10 * interval_ms / 1000)
+        finally:
+            labnet.clear_ingress(a.ns, "nic1")
+        assert a.find(model.HeartbeatLost, 0, after_ns=t0) is None
+        assert sum(isinstance(e, model.HeartbeatSuspect) and e.path == 0 and e.t_ns >= t0
+                   for e in a.collect()) == 1
+        assert 1 <= a.stats(0)["confirms"] <= 3
     finally:
         a.prober.stop()
         b.prober.stop()
