@@ -422,6 +422,8 @@ cdef struct Session:
     int64_t srtt            # smoothed RTT and its mean deviation (RFC 6298), for the auto timeout
     int64_t rttvar
     bint suspecting         # confirmation probing: a reply is overdue, confirmations go
+    bint told               # the suspect event went out: a miss without confirmation probing,
+                            # with it once a confirmation too went unanswered
     int64_t confirm_first_ns    # when the first reply of this suspicion was overdue
     int64_t confirms_sent
     int64_t confirms_unanswered
@@ -714,10 +716,16 @@ cdef void on_miss(Core *c, int i, int64_t now) noexcept nogil:
         lost_event(c, i, now)
     elif s.state == STATE_UP:
         s.state = STATE_SUSPECT
-        e = path_event(c, i, EV_SUSPECT, now)
-        if e != NULL:
-            e.misses = s.misses
-            e.send_lag_max_ns, e.recv_delay_max_ns = s.win_send_lag_max, s.win_recv_delay_max
+        tell_suspect(c, i, now)
+
+
+cdef void tell_suspect(Core *c, int i, int64_t now) noexcept nogil:
+    cdef Session *s = &c.paths[i].s
+    cdef Event *e = path_event(c, i, EV_SUSPECT, now)
+    s.told = True
+    if e != NULL:
+        e.misses = s.misses
+        e.send_lag_max_ns, e.recv_delay_max_ns = s.win_send_lag_max, s.win_recv_delay_max
 
 
 cdef void on_reply(Core *c, int i, int64_t now, int64_t rtt, bint answered_confirm) noexcept nogil:
@@ -735,7 +743,7 @@ cdef void on_reply(Core *c, int i, int64_t now, int64_t rtt, bint answered_confi
     update_rto(s, rtt)
     if s.state == STATE_SUSPECT:
         s.state = STATE_UP
-        e = path_event(c, i, EV_CLEARED, now)
+        e = path_event(c, i, EV_CLEARED, now) if s.told else NULL
         if e != NULL:
             e.rtt_ns = rtt
             e.confirms_sent, e.confirm_first_ns = s.confirms_sent, s.confirm_first_ns
@@ -799,16 +807,14 @@ cdef void begin_suspicion(Session *s, int64_t now) noexcept nogil:
 
 cdef void turn_suspect(Core *c, int i, int64_t now) noexcept nogil:
     """Path ``i``, believed up, fell silent (a reply or the peer's request overdue): suspect,
-    confirmations go from now."""
+    confirmations go from now. Told only once a confirmation too goes unanswered: a frame merely
+    late or lost, answered at the first confirmation, is no event (the ``confirms`` counter
+    shows it)."""
     cdef Session *s = &c.paths[i].s
-    cdef Event *e
     begin_suspicion(s, now)
     s.first_miss_ns = now
     s.state = STATE_SUSPECT
-    e = path_event(c, i, EV_SUSPECT, now)
-    if e != NULL:
-        e.misses = s.misses
-        e.send_lag_max_ns, e.recv_delay_max_ns = s.win_send_lag_max, s.win_recv_delay_max
+    s.told = False
 
 
 cdef bint on_peer_schedule(Core *c, uint64_t send_ns, uint64_t prev_ns) noexcept nogil:
@@ -888,6 +894,8 @@ cdef bint session_overdue(Core *c, int i, int64_t now) noexcept nogil:
         turn_suspect(c, i, now)
     elif s.confirming:
         s.confirms_unanswered += 1
+        if not s.told:
+            tell_suspect(c, i, now)
     if s.confirms_unanswered >= c.multiplier - 1 and now - s.confirm_first_ns >= c.confirm_ns:
         lost_event(c, i, now)
         clear_suspicion(s)
@@ -980,7 +988,7 @@ cdef void session_resume(Path *p) noexcept nogil:
     p.s.paused = False
     p.s.state = STATE_UNKNOWN
     p.s.misses = p.s.oks = 0
-    p.s.confirming = False
+    p.s.confirming = p.s.told = False
     p.s.peer_sent_ns = p.s.peer_deadline = 0
     clear_suspicion(&p.s)
     reset_lag_window(&p.s)

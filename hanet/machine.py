@@ -861,11 +861,14 @@ class Rules:
     def g_on_target(self, ev) -> bool:
         return self.move is not None and self._path_of() == self.move.target
 
+    # Suspect ends when the active path answers again, whatever else is true of it: a damped
+    # path the identity sits on (it followed the peer there) is still where the identity is.
     def g_active_primary_clear(self, ev) -> bool:
-        return self.g_on_active(ev) and self.active == 0 and self.usable(0)
+        return self.g_on_active(ev) and self.active == 0 and self.paths[0].health == HEALTH_UP
 
     def g_active_alternate_clear(self, ev) -> bool:
-        return self.g_on_active(ev) and self.active not in (None, 0) and self.usable(self.active)
+        return (self.g_on_active(ev) and self.active not in (None, 0)
+                and self.paths[self.active].health == HEALTH_UP)
 
     def g_active_failed_with_candidate(self, ev) -> bool:
         leave = not self.usable(self.active) or self.paths[self.active].lossy

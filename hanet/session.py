@@ -102,7 +102,7 @@ class Session:
         self.interval_ns, self.multiplier, self.recover_count = interval_ns, multiplier, recover_count
         self.window, self.reply_timeout_ns, self.seq = window, reply_timeout_ns, seq_start
         self.confirm_ns = confirm_ns
-        self.confirming = False
+        self.confirming = self.told = False
         self._clear_suspicion()
         self.state = UNKNOWN
         self.misses = self.oks = 0
@@ -147,7 +147,11 @@ class Session:
                                            confirm_first_ns=self.confirm_first_ns))
         elif self.state == UP:
             self.state = SUSPECT
-            self._emit(model.HeartbeatSuspect(t_ns=now, path=0, misses=self.misses))
+            self._tell_suspect(now)
+
+    def _tell_suspect(self, now: int) -> None:
+        self.told = True
+        self._emit(model.HeartbeatSuspect(t_ns=now, path=0, misses=self.misses))
 
     def _update_rto(self, rtt: int) -> None:
         if self.srtt == 0:
@@ -217,10 +221,11 @@ class Session:
         return self.peer_deadline
 
     def _turn_suspect(self, now: int) -> None:
+        """Told only once a confirmation too goes unanswered (see the C session)."""
         self._begin_suspicion(now)
         self.first_miss_ns = now
         self.state = SUSPECT
-        self._emit(model.HeartbeatSuspect(t_ns=now, path=0, misses=self.misses))
+        self.told = False
 
     def _on_peer_schedule(self, send_ns: int) -> bool:
         t, prev = self.interval_ns, self.peer_sent_ns
@@ -252,6 +257,8 @@ class Session:
             self._turn_suspect(now)
         elif self.confirming:
             self.confirms_unanswered += 1
+            if not self.told:
+                self._tell_suspect(now)
         if (self.confirms_unanswered >= self.multiplier - 1
                 and now - self.confirm_first_ns >= self.confirm_ns):
             self.state = LOST
@@ -295,10 +302,11 @@ class Session:
         self._update_rto(rtt)
         if self.state == SUSPECT:
             self.state = UP
-            self._emit(model.HeartbeatCleared(t_ns=now, path=0, rtt_ns=rtt,
-                                              confirms_sent=confirms_sent,
-                                              confirms_answered=int(sent[2]),
-                                              confirm_first_ns=confirm_first_ns))
+            if self.told:
+                self._emit(model.HeartbeatCleared(t_ns=now, path=0, rtt_ns=rtt,
+                                                  confirms_sent=confirms_sent,
+                                                  confirms_answered=int(sent[2]),
+                                                  confirm_first_ns=confirm_first_ns))
         elif self.state != UP and self.oks >= self.recover_count:
             self.state = UP
             self._emit(model.HeartbeatRecovered(t_ns=now, path=0, replies=self.oks, rtt_ns=rtt))

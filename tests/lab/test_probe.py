@@ -603,28 +603,26 @@ def test_with_confirmation_probing_the_higher_node_id_sends_half_an_interval_aft
         b.prober.stop()
 
 
-def test_the_peers_requests_missing_are_questioned_and_answered_confirmations_keep_the_path(lab, tmp_path):
+def test_the_peers_requests_missing_are_questioned_and_an_answered_confirmation_keeps_the_path(lab, tmp_path):
     # Only the peer's requests are dropped on a.nic1 (its replies pass): BFD's rule sees nothing
     # wrong on a; with confirmation probing the missing request makes the path suspect, and the
-    # answered confirmation clears it. The peer's schedule is expected again only once one of its
-    # requests arrives, so the question is asked once, not every interval.
+    # confirmation, answered at once, clears it without an event. The peer's schedule is expected
+    # again only once one of its requests arrives, so the question is asked once, not every interval.
     interval_ms = 20.0
     a, b = start_pair(lab, tmp_path, interval_ms=interval_ms, confirm_ms=5.0)
     try:
         a.wait(model.HeartbeatRecovered, 0)
         time.sleep(0.2)
-        t0 = time.monotonic_ns()
+        t0, confirms0 = time.monotonic_ns(), a.stats(0)["confirms"]
         labnet.drop_ingress(a.ns, "nic1", match=f"ether type 0x{ETH_P_HANET:04x} @nh,8,8 {wire.KIND_REQUEST}")
         try:
-            cleared = a.wait(model.HeartbeatCleared, 0, after_ns=t0)
-            assert cleared.confirms_sent >= 1 and cleared.confirms_answered == 1
             time.sleep(10 * interval_ms / 1000)
         finally:
             labnet.clear_ingress(a.ns, "nic1")
-        assert a.find(model.HeartbeatLost, 0, after_ns=t0) is None
-        assert sum(isinstance(e, model.HeartbeatSuspect) and e.path == 0 and e.t_ns >= t0
-                   for e in a.collect()) == 1
-        assert 1 <= a.stats(0)["confirms"] <= 3
+        assert 1 <= a.stats(0)["confirms"] - confirms0 <= 3  # asked once (a late reply may add one)
+        assert a.stats(0)["state"] == "up"
+        assert [e for e in a.collect() if e.t_ns >= t0 and e.path == 0
+                and isinstance(e, (model.HeartbeatSuspect, model.HeartbeatLost))] == []
     finally:
         a.prober.stop()
         b.prober.stop()
