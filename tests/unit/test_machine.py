@@ -236,6 +236,21 @@ def test_flapping_primary_is_damped():
     assert d.mach.view().damped(0) and d.state == M.ALTERNATE_ACTIVE
 
 
+def test_suspect_ends_when_the_active_path_answers_even_if_it_is_damped():
+    d = Driver(failback_hold_ns=50 * MS)
+    for _ in range(10):  # the primary flaps until it is damped; the identity waits on the alternate
+        for ev in (m.LinkDown(t_ns=d.t, path=0), m.LinkUp(t_ns=d.t + 20 * MS, path=0),
+                   m.HeartbeatRecovered(t_ns=d.t + 30 * MS, path=0)):
+            d.advance(ev.t_ns - d.t)
+            d.feed(ev)
+        d.advance(170 * MS)
+    assert d.mach.view().damped(0) and d.state == M.ALTERNATE_ACTIVE
+    d.feed(m.PeerNotice(t_ns=d.t, path=0, active=0))  # the peer moved back: agreement wins
+    assert d.state == M.MONITORING and d.kernel.holders() == [0] and d.mach.view().damped(0)
+    assert d.feed(m.HeartbeatSuspect(t_ns=d.t, path=0, misses=1)).dst == M.SUSPECT
+    assert d.feed(m.HeartbeatCleared(t_ns=d.t, path=0)).dst == M.MONITORING
+
+
 def test_restart_mid_move_finishes_the_sequence():
     d = Driver(fail_steps=set(range(1, 100)))  # every kernel step "crashes" (fails) ...
     d.fail_steps = set()
