@@ -837,11 +837,17 @@ cdef bint session_peer_request(Core *c, int i, uint64_t send_ns, bint confirm,
     every interval, the next one is expected an interval later, give or take the path's reply
     timeout and an eighth of the interval for the peer's send lateness; a silence past that turns
     the path suspect as an overdue reply does (session_due). Half the frames a node receives
-    are the peer's requests, so a silent fault shows sooner at no cost on the wire. The peer's
-    confirmations are off its schedule and change nothing. True: this request was on schedule."""
+    are the peer's requests, so a silent fault shows sooner at no cost on the wire. A
+    confirmation from the peer is off its schedule, and says the peer does not hear us: on a path
+    believed up we confirm at once too, so a one-way fault is found by both nodes as soon as by
+    the one that hears nothing. True: this request was on schedule."""
     cdef Session *s = &c.paths[i].s
     cdef bint on
-    if c.confirm_ns == 0 or confirm:
+    if c.confirm_ns == 0:
+        return False
+    if confirm:
+        if s.state == STATE_UP:
+            s.peer_deadline = now
         return False
     on = on_peer_schedule(c, send_ns, s.peer_sent_ns)
     s.peer_sent_ns = send_ns

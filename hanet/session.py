@@ -29,8 +29,9 @@ What a session decides:
 * with confirmation probing the peer's own schedule is evidence too: once two of its requests
   came a whole number of intervals apart (by the peer's send times), the next is expected an
   interval after the last arrived, give or take the reply timeout and an eighth of the interval;
-  a silence past that turns a path that is up suspect, as an overdue reply does. The peer's
-  confirmation requests (``active`` = REQUEST_CONFIRM) are off its schedule and change nothing.
+  a silence past that turns a path that is up suspect, as an overdue reply does. A confirmation
+  request of the peer's (``active`` = REQUEST_CONFIRM) is off its schedule and says the peer does
+  not hear us: a path that is up is then confirmed at once.
 """
 from __future__ import annotations
 
@@ -239,7 +240,10 @@ class Session:
     def peer_request(self, seq: int, send_ns: int, now: int, confirm: bool = False) -> str:
         """A request of the peer's (already authenticated): "ok" or the drop reason."""
         code = self.frame(seq)
-        if code == "ok" and self.confirm_ns > 0 and not confirm:
+        if code == "ok" and self.confirm_ns > 0 and confirm:
+            if self.state == UP:  # the peer does not hear us: confirm at once
+                self.peer_deadline = now
+        elif code == "ok" and self.confirm_ns > 0:
             on = self._on_peer_schedule(send_ns)
             self.peer_sent_ns = send_ns
             self.peer_deadline = now + self.interval_ns + self.reply_timeout() + self.interval_ns // 8 if on else 0

@@ -597,7 +597,6 @@ def test_with_confirmation_probing_the_higher_node_id_sends_half_an_interval_aft
             st = b.stats(path)
             offset = (st["next_send_ns"] - st["peer_request_ns"]) % interval_ns
             assert abs(offset - interval_ns / 2) <= interval_ns / 16 + 2_000_000, (path, offset / 1e6)
-        assert not a.find(model.HeartbeatSuspect, 0) and not b.find(model.HeartbeatSuspect, 0)
     finally:
         a.prober.stop()
         b.prober.stop()
