@@ -434,6 +434,7 @@ cdef struct Session:
     uint64_t peer_sent_ns   # the peer's send time of its last scheduled request here; 0: none
     int64_t peer_deadline   # when the peer's next scheduled request is overdue; 0: not expected
     int64_t peer_heard_ns   # when its last scheduled request arrived here
+    int64_t confirmed_ns    # when our last confirmation request went
     int64_t win_send_lag_max    # lag maxima since the last reply in steady state or last event
     int64_t win_recv_delay_max
 
@@ -840,13 +841,15 @@ cdef bint session_peer_request(Core *c, int i, uint64_t send_ns, bint confirm,
     are the peer's requests, so a silent fault shows sooner at no cost on the wire. A
     confirmation from the peer is off its schedule, and says the peer does not hear us: on a path
     believed up we confirm at once too, so a one-way fault is found by both nodes as soon as by
-    the one that hears nothing. True: this request was on schedule."""
+    the one that hears nothing; unless we sent a confirmation within the last interval, to which
+    the peer's may be the echo (two nodes would otherwise echo each other's for ever). True: this
+    request was on schedule."""
     cdef Session *s = &c.paths[i].s
     cdef bint on
     if c.confirm_ns == 0:
         return False
     if confirm:
-        if s.state == STATE_UP:
+        if s.state == STATE_UP and (s.confirmed_ns == 0 or now - s.confirmed_ns >= c.interval_ns):
             s.peer_deadline = now
         return False
     on = on_peer_schedule(c, send_ns, s.peer_sent_ns)
@@ -932,6 +935,7 @@ cdef uint64_t session_request(Core *c, int i, int64_t now, bint confirm) noexcep
     s.out_sent_ns = now
     if confirm:
         s.confirms_sent += 1
+        s.confirmed_ns = now
         c.paths[i].n.confirms += 1
     if s.suspecting:
         if s.nrecent == CONFIRM_RING:
@@ -995,7 +999,7 @@ cdef void session_resume(Path *p) noexcept nogil:
     p.s.state = STATE_UNKNOWN
     p.s.misses = p.s.oks = 0
     p.s.confirming = p.s.told = False
-    p.s.peer_sent_ns = p.s.peer_deadline = 0
+    p.s.peer_sent_ns = p.s.peer_deadline = p.s.confirmed_ns = 0
     clear_suspicion(&p.s)
     reset_lag_window(&p.s)
 

@@ -31,7 +31,8 @@ What a session decides:
   interval after the last arrived, give or take the reply timeout and an eighth of the interval;
   a silence past that turns a path that is up suspect, as an overdue reply does. A confirmation
   request of the peer's (``active`` = REQUEST_CONFIRM) is off its schedule and says the peer does
-  not hear us: a path that is up is then confirmed at once.
+  not hear us: a path that is up is then confirmed at once, unless we sent a confirmation within
+  the last interval (the peer's may be its echo).
 """
 from __future__ import annotations
 
@@ -111,7 +112,7 @@ class Session:
         self.first_miss_ns = 0
         self.out_seq = self.sent_ns = self._deadline = 0
         self.srtt = self.rttvar = 0
-        self.peer_sent_ns = self.peer_deadline = 0
+        self.peer_sent_ns = self.peer_deadline = self.confirmed_ns = 0
         self.win = ReplayWindow()
         self.seq_low_told = self.seq_out_told = False
         self.events: list[model.Event] = []
@@ -206,6 +207,7 @@ class Session:
         self.outstanding, self.confirming, self.out_seq, self.sent_ns = True, confirm, seq, now
         if confirm:
             self.confirms_sent += 1
+            self.confirmed_ns = now
         if self.suspecting:
             self.recent = (self.recent + [(seq, now, confirm)])[-CONFIRM_RING:]
         if self.confirm_ns > 0 or confirm or self.misses + 1 >= self.multiplier:
@@ -241,7 +243,8 @@ class Session:
         """A request of the peer's (already authenticated): "ok" or the drop reason."""
         code = self.frame(seq)
         if code == "ok" and self.confirm_ns > 0 and confirm:
-            if self.state == UP:  # the peer does not hear us: confirm at once
+            # The peer does not hear us: confirm at once, unless it may be echoing our own.
+            if self.state == UP and (self.confirmed_ns == 0 or now - self.confirmed_ns >= self.interval_ns):
                 self.peer_deadline = now
         elif code == "ok" and self.confirm_ns > 0:
             on = self._on_peer_schedule(send_ns)
@@ -330,7 +333,7 @@ class Session:
         self.state = UNKNOWN
         self.misses = self.oks = 0
         self.confirming = False
-        self.peer_sent_ns = self.peer_deadline = 0
+        self.peer_sent_ns = self.peer_deadline = self.confirmed_ns = 0
         self._clear_suspicion()
 
     def drain(self) -> list[model.Event]:

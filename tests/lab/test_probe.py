@@ -158,7 +158,8 @@ def test_replies_flow_and_rtt_is_reported(pair):
         for s in node.prober.stats():
             assert s["state"] == "up"
             assert 0 < s["rtt_p50_ns"] <= s["rtt_p99_ns"] <= s["rtt_max_ns"] < 50_000_000
-            assert s["answered"] > 0 and s["drops"] == {} and s["carrier"]
+            # a reply later than the next request ("late") is possible on a busy host; no other drop
+            assert s["answered"] > 0 and set(s["drops"]) <= {"late"} and s["carrier"]
     assert [s["name"] for s in a.prober.stats()] == ["primary", "alternate"]
 
 

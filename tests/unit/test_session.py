@@ -314,6 +314,22 @@ def test_a_confirmation_from_the_peer_makes_us_confirm_at_once(impl):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
+def test_a_confirmation_from_the_peer_soon_after_ours_is_not_echoed(impl):
+    # Two nodes must not echo each other's confirmations for ever: the peer's, within an interval
+    # of ours, may be its answer to our doubt, not a doubt of its own.
+    s = make(impl, confirm_ns=5 * MS)
+    now = up_with_rtt(s)
+    s.request(now)
+    assert s.overdue(now + 250_000) and s.request(now + 250_000, True) > 0
+    assert answer(s, now + 250_000, 6000) == "ok" and s.state == "up"   # our doubt, answered
+    assert s.peer_request(20000, 7 * 10**12, now + 400_000, True) == "ok"  # the peer's echo
+    assert s.deadline() == 0
+    later = now + 250_000 + 10 * MS
+    assert s.peer_request(20001, 7 * 10**12 + 10 * MS, later, True) == "ok"  # a doubt of its own
+    assert s.deadline() == later
+
+
+@pytest.mark.parametrize("impl", IMPLS)
 def test_a_peer_request_is_still_checked_against_the_replay_window(impl):
     s = make(impl, confirm_ns=5 * MS)
     up_with_rtt(s)
