@@ -421,6 +421,7 @@ cdef struct Session:
     int64_t reply_deadline  # when out_seq's miss counts; 0 once it is answered or counted
     int64_t srtt            # smoothed RTT and its mean deviation (RFC 6298), for the auto timeout
     int64_t rttvar
+    int64_t rtt_peak        # the longest recent RTT, decaying by 1/64 a reply (confirm_window)
     bint suspecting         # confirmation probing: a reply is overdue, confirmations go
     bint told               # the suspect event went out: a miss without confirmation probing,
                             # with it once a confirmation too went unanswered
@@ -763,6 +764,9 @@ cdef void on_reply(Core *c, int i, int64_t now, int64_t rtt, bint answered_confi
 
 cdef void update_rto(Session *s, int64_t rtt) noexcept nogil:
     cdef int64_t err
+    s.rtt_peak -= s.rtt_peak // 64
+    if rtt > s.rtt_peak:
+        s.rtt_peak = rtt
     if s.srtt == 0:
         s.srtt, s.rttvar = rtt, rtt // 2
         return
@@ -787,6 +791,18 @@ cdef int64_t reply_timeout(Core *c, Session *s) noexcept nogil:
         if t < REPLY_TIMEOUT_FLOOR_NS:
             t = REPLY_TIMEOUT_FLOOR_NS
     return t if t < c.interval_ns else c.interval_ns
+
+
+cdef int64_t confirm_window(Core *c, Session *s) noexcept nogil:
+    """How long a silence must last before the path is lost: heartbeat.confirm_ms, or twice the
+    longest recent RTT if longer (a peer that has lately taken that long to answer, starved or
+    reading behind a flood of junk, is not silent for less), never more than BFD's detection
+    time (multiplier x interval)."""
+    cdef int64_t w = c.confirm_ns
+    cdef int64_t cap = c.multiplier * c.interval_ns
+    if 2 * s.rtt_peak > w:
+        w = 2 * s.rtt_peak
+    return w if w < cap else cap
 
 
 cdef void clear_suspicion(Session *s) noexcept nogil:
@@ -905,7 +921,7 @@ cdef bint session_overdue(Core *c, int i, int64_t now) noexcept nogil:
         s.confirms_unanswered += 1
         if not s.told:
             tell_suspect(c, i, now)
-    if s.confirms_unanswered >= c.multiplier - 1 and now - s.confirm_first_ns >= c.confirm_ns:
+    if s.confirms_unanswered >= c.multiplier - 1 and now - s.confirm_first_ns >= confirm_window(c, s):
         lost_event(c, i, now)
         clear_suspicion(s)
         return False
@@ -1811,6 +1827,7 @@ cdef class Engine:
                 "last_reply_ns": p.smp.last_reply_ns,
                 "peer_request_ns": p.s.peer_heard_ns, "next_send_ns": p.next_send,
                 "rtt_max_ns": p.smp.rtt_max, "send_lag_max_ns": p.smp.lag_max, "reply_timeout_ns": timeout,
+                "confirm_window_ns": confirm_window(self.c, &p.s) if self.c.confirm_ns else 0,
                 "rtt_samples": [p.smp.rtt[(p.smp.rtt_n - n_rtt + k) % SAMPLES] for k in range(n_rtt)],
                 "lag_samples": [p.smp.lag[(p.smp.lag_n - n_lag + k) % SAMPLES] for k in range(n_lag)],
             }

@@ -22,8 +22,11 @@ What a session decides:
   the reply timeout (the RTT estimate); a path believed up whose reply is overdue turns suspect
   and is sent a confirmation request at once, each waiting the same time, one after another
   (scheduled requests are not sent while one waits). It is lost once ``multiplier - 1``
-  confirmations in a row went unanswered AND ``confirm_ns`` has passed since the first overdue
-  reply: a silence shorter than ``confirm_ns`` (a paused or starved peer) never makes it lost.
+  confirmations in a row went unanswered AND the confirmation window has passed since the first
+  overdue reply: ``confirm_ns``, or twice the longest recent RTT if longer (the peak decays by
+  1/64 a reply), at most ``multiplier`` x ``interval``. A silence shorter than ``confirm_ns`` (a
+  paused or starved peer) never makes it lost, nor one shorter than twice what the peer has
+  lately taken to answer (starved, or reading behind a flood of junk).
   Any reply of the suspicion (to the request first overdue, or to any confirmation of the last
   ``CONFIRM_RING``) clears it, so a slow reply alone never makes a path lost;
 * with confirmation probing the peer's own schedule is evidence too: once two of its requests
@@ -111,7 +114,7 @@ class Session:
         self.paused = self.heard = self.outstanding = False
         self.first_miss_ns = 0
         self.out_seq = self.sent_ns = self._deadline = 0
-        self.srtt = self.rttvar = 0
+        self.srtt = self.rttvar = self.rtt_peak = 0
         self.peer_sent_ns = self.peer_deadline = self.confirmed_ns = 0
         self.win = ReplayWindow()
         self.seq_low_told = self.seq_out_told = False
@@ -156,6 +159,7 @@ class Session:
         self._emit(model.HeartbeatSuspect(t_ns=now, path=0, misses=self.misses))
 
     def _update_rto(self, rtt: int) -> None:
+        self.rtt_peak = max(rtt, self.rtt_peak - self.rtt_peak // 64)
         if self.srtt == 0:
             self.srtt, self.rttvar = rtt, _cdiv(rtt, 2)
             return
@@ -171,6 +175,11 @@ class Session:
         return min(t, self.interval_ns)
 
     # ------------------------------------------------------------------ confirmation probing
+    def confirm_window(self) -> int:
+        """How long a silence must last before the path is lost: confirm_ns, or twice the longest
+        recent RTT if longer, never more than multiplier x interval."""
+        return min(max(self.confirm_ns, 2 * self.rtt_peak), self.multiplier * self.interval_ns)
+
     def _clear_suspicion(self) -> None:
         self.suspecting = False
         self.confirm_first_ns = self.confirms_sent = self.confirms_unanswered = 0
@@ -267,7 +276,7 @@ class Session:
             if not self.told:
                 self._tell_suspect(now)
         if (self.confirms_unanswered >= self.multiplier - 1
-                and now - self.confirm_first_ns >= self.confirm_ns):
+                and now - self.confirm_first_ns >= self.confirm_window()):
             self.state = LOST
             self._emit(model.HeartbeatLost(t_ns=now, path=0, misses=self.misses,
                                            first_miss_ns=self.first_miss_ns,

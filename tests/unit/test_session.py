@@ -190,6 +190,20 @@ def test_a_silence_shorter_than_confirm_ms_is_never_lost(impl):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("rtt_ms, window_ms", [(0.1, 5), (4, 8), (20, 30)])
+def test_a_peer_that_lately_answered_slowly_gets_twice_that_before_it_is_lost(impl, rtt_ms, window_ms):
+    # Answers that took 4 ms (a peer starved, or reading behind a flood of junk): a silence is
+    # evidence only past twice that, not the 5 ms floor; never past multiplier x interval (30 ms).
+    s = make(impl, confirm_ns=5 * MS, reply_timeout_ns=250_000)
+    now = up_with_rtt(s, rtt=int(rtt_ms * MS))
+    s.request(now)
+    first = s.deadline()
+    lost_at = confirm_until_lost(s, now)
+    assert first + window_ms * MS <= lost_at <= first + window_ms * MS + 250_000, (lost_at - first) / MS
+    assert isinstance(s.drain()[-1], model.HeartbeatLost)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
 def test_a_late_reply_to_the_request_first_overdue_clears(impl):
     s = make(impl, confirm_ns=5 * MS)
     now = up_with_rtt(s)
