@@ -1,7 +1,7 @@
 """Detection and recovery latency of hanet and its peers, fault by fault, in real namespaces.
 
     python bench/detection.py [--trials N] [--settings 1x3,10x3,100x3] \
-        [--faults carrier,blackhole,oneway,busy-carrier] [--peers hanet,hanet_bfdrule,bfdd] \
+        [--faults carrier,blackhole,oneway,busy-carrier] [--peers hanet,hanet_confirm,bfdd] \
         --json out.json [--plot out.png]
 
 For each setting (heartbeat interval x multiplier), each peer (one adapter in bench/peers/) and
@@ -225,7 +225,7 @@ def compare(runs: list[dict], kinds: list[str], ours: str = "hanet", theirs: str
         if any(run is None for run in sides.values()):
             continue
         for kind in kinds:
-            row = {"interval_ms": interval, "multiplier": mult, "fault": kind}
+            row = {"ours": ours, "interval_ms": interval, "multiplier": mult, "fault": kind}
             detection = {}
             for peer, run in sides.items():
                 detection[peer] = ((run.get("faults") or {}).get(kind) or {}).get("detection_ms")
@@ -277,7 +277,7 @@ def print_summary(result: dict) -> None:
                   f"{r.get('p50', '-'):>9}  {r.get('p99', '-'):>9}  {i.get('p50', '-'):>10}  "
                   f"{cpu.get('a', '-')},{cpu.get('b', '-')}")
     for row in result["comparison"]:
-        print(f"hanet/bfdd {row['interval_ms']:g}x{row['multiplier']} {row['fault']}: "
+        print(f"{row['ours']}/bfdd {row['interval_ms']:g}x{row['multiplier']} {row['fault']}: "
               f"p50 {row['ratio_p50'] or '-'}  p99 {row['ratio_p99'] or '-'}")
 
 
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", type=parse_settings, default=parse_settings(DEFAULT_SETTINGS),
                         help="INTERVAL_MSxMULTIPLIER, comma-separated (default %(default)s)")
     parser.add_argument("--faults", type=parse_list(faultlib.Injector.KINDS), default=list(faultlib.Injector.KINDS))
-    parser.add_argument("--peers", type=parse_list(None), default=["hanet", "hanet_bfdrule", "bfdd"])
+    parser.add_argument("--peers", type=parse_list(None), default=["hanet", "hanet_confirm", "bfdd"])
     parser.add_argument("--cpu-seconds", type=float, default=5.0, help="CPU-at-rest window per peer and setting")
     parser.add_argument("--json", required=True, help="where to write the results")
     parser.add_argument("--plot", help="PNG of the detection latency distributions (needs matplotlib)")
@@ -319,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         result["interrupted"] = True
         print("interrupted: writing what was measured", file=sys.stderr)
-    result["comparison"] = compare(result["runs"], args.faults)
+    result["comparison"] = [row for ours in ("hanet", "hanet_confirm")
+                            for row in compare(result["runs"], args.faults, ours=ours)]
     result["environment"]["wall_minus_mono_drift_us"] = round((_wall_minus_mono_ns() - offset_at_start) / 1e3, 1)
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     print_summary(result)

@@ -52,7 +52,7 @@ class Prober:
             poll_interval_ms=cfg.link.poll_interval_ms,
             quality_window_ms=cfg.quality.window_ms if cfg.quality.enabled else 0.0,
             rt_priority=self._rt_priority, seq_start=seq_start,
-            rcvbuf_bytes=int(hb.rcvbuf_kb) * 1024, carrier=carrier, confirm_ms=hb.confirm_floor_ms,
+            rcvbuf_bytes=int(hb.rcvbuf_kb) * 1024, carrier=carrier, confirm_ms=hb.confirm_ms,
         )
         self._names = [p.name for p in cfg.paths]
         self._interfaces = [p.interface for p in cfg.paths]

@@ -155,7 +155,7 @@ class HanetPeer(Peer):
     name = "hanet"
     min_interval_ms = MIN_INTERVAL_MS
     moves_traffic = True
-    confirm_ms: float | None = None  # heartbeat.confirm_ms; None: the default
+    confirm_ms: float | None = None  # heartbeat.confirm_ms; None: the default (off)
 
     def __init__(self) -> None:
         self.nodes: dict[str, _Node] = {}

@@ -355,7 +355,7 @@ def entered(lab: labmod.Lab, node: str, state: str, after_ns: int) -> tuple[int,
 @pytest.mark.parametrize("coordinate", [True, False])
 def test_coordinated_convergence_when_only_one_node_sees_the_carrier(make_lab, coordinate):
     # A switch in each path: the fault takes down alpha's port only, so beta's carrier stays up and,
-    # alone, beta must notice the silence and confirm it (heartbeat.confirm_ms, 5 ms by default).
+    # alone, beta would need 3 x 50 ms of missed heartbeats to notice.
     lab = make_lab(switched=True, interval_ms=50.0, overrides={"failover": {"coordinate": coordinate}})
     t0 = time.monotonic_ns()
     lab.fault("carrier", "primary")
@@ -370,7 +370,7 @@ def test_coordinated_convergence_when_only_one_node_sees_the_carrier(make_lab, c
         assert skew_ms < 40, skew_ms  # a notice's flight, typically a few ms
     else:
         assert trigger_beta == "heartbeat.lost"
-        assert t_beta - t0 >= 5_000_000, (t_beta - t0) / 1e6  # its own evidence, confirmed
+        assert skew_ms > 60, skew_ms  # beta waited for its own heartbeats
     for node in ("alpha", "beta"):
         assert_identity_on(lab, node, 1)
         wait_reachable(lab, node)

@@ -39,11 +39,9 @@ def test_example_file_is_valid_and_documents_every_key(keyfile):
     assert cfg.heartbeat.reply_timeout_ms == 0.0  # "auto"
     fixed = config.parse(example(keyfile, **{'reply_timeout_ms = "auto"': "reply_timeout_ms = 2"}))
     assert fixed.heartbeat.reply_timeout_ms == 2.0
-    assert cfg.heartbeat.confirm_ms is None and cfg.heartbeat.confirm_floor_ms == 5.0  # "auto"
-    fast = config.parse(example(keyfile, **{"interval_ms = 10.0": "interval_ms = 1.0"}))
-    assert fast.heartbeat.confirm_floor_ms == 1.0  # "auto" never exceeds the interval
-    off = config.parse(example(keyfile, **{'confirm_ms = "auto"': "confirm_ms = 0"}))
-    assert off.heartbeat.confirm_floor_ms == 0.0
+    assert cfg.heartbeat.confirm_ms == 0.0  # off: BFD's rule
+    on = config.parse(example(keyfile, **{"confirm_ms = 0 ": "confirm_ms = 5 "}))
+    assert on.heartbeat.confirm_ms == 5.0
     # Every dataclass field appears as a key in the example (the key itself is read from key_file).
     keys = set(re.findall(r"^\s*([a-z_0-9]+)\s*=", EXAMPLE, re.M))
     for section in (config.HeartbeatConfig, config.LinkConfig, config.FailoverConfig, config.FailbackConfig,
@@ -63,9 +61,9 @@ BAD = [
     ({'interval_ms = 10.0': 'interval_ms = 0.01'}, "heartbeat.interval_ms", "out of range"),
     ({'reply_timeout_ms = "auto"': 'reply_timeout_ms = "soon"'}, "heartbeat.reply_timeout_ms", '"auto" or a number'),
     ({'reply_timeout_ms = "auto"': 'reply_timeout_ms = 20.0'}, "heartbeat.reply_timeout_ms", "longer than interval_ms"),
-    ({'confirm_ms = "auto"': 'confirm_ms = "soon"'}, "heartbeat.confirm_ms", '"auto" or a number'),
-    ({'confirm_ms = "auto"': 'confirm_ms = 20'}, "heartbeat.confirm_ms", "longer than interval_ms"),
-    ({'confirm_ms = "auto"': 'confirm_ms = -1'}, "heartbeat.confirm_ms", "out of range"),
+    ({'confirm_ms = 0 ': 'confirm_ms = "soon" '}, "heartbeat.confirm_ms", "must be int or float"),
+    ({'confirm_ms = 0 ': 'confirm_ms = 20 '}, "heartbeat.confirm_ms", "longer than interval_ms"),
+    ({'confirm_ms = 0 ': 'confirm_ms = -1 '}, "heartbeat.confirm_ms", "out of range"),
     ({'reply_timeout_ms = "auto"': 'reply_timeout_ms = 0'}, "heartbeat.reply_timeout_ms", "out of range"),
     ({'address = "192.0.2.1/24"': 'address = "192.0.2.300/24"'}, "identity.address", "192.0.2.300"),
     ({'address = "192.0.2.1/24"': 'address = "192.0.2.1"'}, "identity.address", "prefix"),
