@@ -13,6 +13,9 @@ Series (``path`` is the configured path name):
     hanet_heartbeat_rtt_seconds{path,quantile}      quantile 0.5 and 0.99 over the quality window
     hanet_heartbeat_sent_total{path}, hanet_heartbeat_received_total{path}
     hanet_frames_dropped_total{path,reason}
+    hanet_frames_filtered_total{path}               refused by the kernel filter before hanet saw them
+    hanet_frames_overflow_total{path}               passed the filter, found the receive ring full
+    hanet_heartbeat_confirms_total{path}            confirmation requests sent (a silence questioned)
 
 Path series mirror the per-path dicts of the control socket's status (see hanet.control), pushed
 with ``update_paths``; the HTTP thread reads the latest snapshot, so the loop never waits on it.
@@ -153,6 +156,10 @@ class _PathCollector:
                                        labels=["path"])
         dropped = CounterMetricFamily("hanet_frames_dropped", "Received frames dropped, by reason.",
                                       labels=["path", "reason"])
+        counters = {key: CounterMetricFamily(name, doc, labels=["path"]) for key, name, doc in (
+            ("filtered", "hanet_frames_filtered", "Frames refused by the kernel filter."),
+            ("rcvbuf_overflow", "hanet_frames_overflow", "Frames that found the receive ring full."),
+            ("confirms", "hanet_heartbeat_confirms", "Confirmation requests sent."))}
         for p in snapshot:
             index = p.get("index")
             if not isinstance(index, int) or not 0 <= index < len(self.path_names):
@@ -175,7 +182,11 @@ class _PathCollector:
             received.add_metric([name], p.get("received", 0))
             for reason, count in sorted((p.get("drops") or {}).items()):
                 dropped.add_metric([name, reason], count)
+            for key, family in counters.items():
+                if key in p:
+                    family.add_metric([name], p[key])
         yield info
         yield health
         yield from flags.values()
         yield from (penalty, rtt, sent, received, dropped)
+        yield from counters.values()

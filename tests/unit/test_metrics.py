@@ -14,7 +14,8 @@ from hanet.metrics import DETECTION_BUCKETS, Metrics, MetricsError
 PATHS = [
     {"index": 0, "name": "primary", "interface": "nic1", "health": "up", "carrier": True,
      "offline": False, "damped": False, "penalty": 0.0, "rtt_p50_us": 23.1, "rtt_p99_us": 60.2,
-     "sent": 100, "received": 99, "drops": {"bad_mac": 1, "replay": 4}},
+     "sent": 100, "received": 99, "drops": {"bad_mac": 1, "replay": 4},
+     "filtered": 7, "rcvbuf_overflow": 2, "confirms": 5},
     {"index": 1, "name": "alternate", "interface": "nic3", "health": "down", "carrier": False,
      "offline": True, "damped": True, "penalty": 2500.0, "rtt_p50_us": None, "rtt_p99_us": None,
      "sent": 50, "received": 0, "drops": {}},
@@ -97,6 +98,10 @@ def test_path_series(metrics):
     assert got[("hanet_heartbeat_received_total", (("path", "primary"),))] == 99
     assert got[("hanet_frames_dropped_total", (("path", "primary"), ("reason", "bad_mac")))] == 1
     assert got[("hanet_frames_dropped_total", (("path", "primary"), ("reason", "replay")))] == 4
+    assert got[("hanet_frames_filtered_total", (("path", "primary"),))] == 7
+    assert got[("hanet_frames_overflow_total", (("path", "primary"),))] == 2
+    assert got[("hanet_heartbeat_confirms_total", (("path", "primary"),))] == 5
+    assert ("hanet_heartbeat_confirms_total", (("path", "alternate"),)) not in got  # not reported
 
 
 def test_path_snapshot_is_replaced_and_unknown_health_exported(metrics):

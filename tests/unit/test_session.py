@@ -127,6 +127,13 @@ def up_with_rtt(s, rtt=100_000, start=0):
     return now
 
 
+def questioned(s, now):
+    """A request at ``now`` goes unanswered past the 0.25 ms timeout: a confirmation at once."""
+    s.request(now)
+    assert s.overdue(now + 250_000) and s.request(now + 250_000, True) > 0
+    return now + 250_000
+
+
 def confirm_until_lost(s, now, limit=200):
     """What the loop does while nothing answers: at each deadline, a confirmation if asked."""
     for _ in range(limit):
@@ -225,8 +232,7 @@ def test_a_late_reply_to_the_request_first_overdue_clears(impl):
 def test_a_confirmation_answered_at_once_clears_the_path_without_an_event(impl):
     s = make(impl, confirm_ns=1 * MS)
     now = up_with_rtt(s)
-    s.request(now)
-    assert s.overdue(now + 250_000) and s.request(now + 250_000, True) > 0
+    questioned(s, now)
     assert s.state == "suspect"
     assert s.request(now + 400_000) == 0  # the schedule waits for the confirmation
     assert answer(s, now + 250_000, 6000, rtt=100_000) == "ok"
@@ -333,8 +339,7 @@ def test_a_confirmation_from_the_peer_soon_after_ours_is_not_echoed(impl):
     # of ours, may be its answer to our doubt, not a doubt of its own.
     s = make(impl, confirm_ns=5 * MS)
     now = up_with_rtt(s)
-    s.request(now)
-    assert s.overdue(now + 250_000) and s.request(now + 250_000, True) > 0
+    questioned(s, now)
     assert answer(s, now + 250_000, 6000) == "ok" and s.state == "up"   # our doubt, answered
     assert s.peer_request(20000, 7 * 10**12, now + 400_000, True) == "ok"  # the peer's echo
     assert s.deadline() == 0
