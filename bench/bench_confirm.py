@@ -19,8 +19,8 @@ node b's in a child process (so it can be paused with SIGSTOP and its CPU time r
 * three stress runs of S seconds each, "lost" (and suspect) events of both nodes counted, all
   false: 5 % random loss on every path's ingress on both nodes; both cores saturated by two busy
   processes (`python3 -c 'while True: pass'`, nice 0, under `timeout`, killed at the end); node
-  b SIGSTOPped for confirm_ms - 1.5 ms (at least 1 ms; 3.5 ms when off) every 150-300 ms, then
-  SIGCONTed (the pauses actually taken are reported).
+  b SIGSTOPped for confirm_ms - 1.5 ms (at least 1 ms; 3.5 ms when off; timed by spinning, as a
+  sleep overshoots) every 150-300 ms, then SIGCONTed (the pauses actually taken are reported).
 """
 from __future__ import annotations
 
@@ -196,7 +196,9 @@ def stress(lab, a: Prober, ev_a: list, peer: Peer, kind: str, seconds: float, co
                 time.sleep(random.uniform(0.15, 0.3))
                 t = time.monotonic()
                 os.kill(peer.proc.pid, signal.SIGSTOP)
-                time.sleep(stop_s)
+                resume = t + stop_s
+                while time.monotonic() < resume:  # a sleep would overshoot by up to 1.5 ms here
+                    pass
                 os.kill(peer.proc.pid, signal.SIGCONT)
                 pauses.append((time.monotonic() - t) * 1000)
                 ev_a += a.drain()
