@@ -253,12 +253,14 @@ class Session:
         code = self.frame(seq)
         if code == "ok" and self.confirm_ns > 0 and confirm:
             # The peer does not hear us: confirm at once, unless it may be echoing our own.
-            if self.state == UP and (self.confirmed_ns == 0 or now - self.confirmed_ns >= self.interval_ns):
+            echo = self.confirmed_ns != 0 and now - self.confirmed_ns < self.interval_ns
+            if self.state == UP and not echo:
                 self.peer_deadline = now
         elif code == "ok" and self.confirm_ns > 0:
             on = self._on_peer_schedule(send_ns)
             self.peer_sent_ns = send_ns
-            self.peer_deadline = now + self.interval_ns + self.reply_timeout() + self.interval_ns // 8 if on else 0
+            slack = self.reply_timeout() + self.interval_ns // 8
+            self.peer_deadline = now + self.interval_ns + slack if on else 0
         return code
 
     def _overdue(self, now: int) -> bool:
