@@ -267,10 +267,6 @@ def run(lab, work: Path, confirm_ms: float, args) -> dict:
     return res
 
 
-def load_avg() -> list[float]:
-    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
-
-
 def main(argv: list[str] | None = None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--peer":
         ns, work, interval, confirm = sys.argv[2:6]
@@ -285,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     labnet.sweep_stale()
-    result = {"setting": "10x3", "rt_priority": 0, "runs": [], "load_before": load_avg(),
+    result = {"setting": "10x3", "rt_priority": 0, "runs": [], "load_before": os.getloadavg(),
               "host": {"cpus": os.cpu_count(), "kernel": platform.release()}}
     with tempfile.TemporaryDirectory(prefix="hanet-confirm-") as work:
         lab = labnet.TwoNodeLab.create("cf")
@@ -294,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                 result["runs"].append(run(lab, Path(work), confirm, args))
         finally:
             lab.close()
-    result["load_after"] = load_avg()
+    result["load_after"] = os.getloadavg()
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
