@@ -340,6 +340,7 @@ cdef enum:
     NOTICE_GAP_NS = 2000000
     REPLY_TIMEOUT_FLOOR_NS = 250000   # the adaptive reply timeout never goes below 250 us
     CONFIRM_RING = 16       # requests of a suspicion whose late replies still clear it
+    RTT_PEAK_DECAY = 16     # the RTT peak loses 1/16 a reply: a lone slow answer counts ~16 replies
     CARRIER_NONE = 0
     CARRIER_COUNTERS = 1    # lock-free sysfs counters, read in the loop
     CARRIER_IOCTL = 2       # ETHTOOL_GLINK (RTNL), read outside the core lock
@@ -421,7 +422,7 @@ cdef struct Session:
     int64_t reply_deadline  # when out_seq's miss counts; 0 once it is answered or counted
     int64_t srtt            # smoothed RTT and its mean deviation (RFC 6298), for the auto timeout
     int64_t rttvar
-    int64_t rtt_peak        # the longest recent RTT, decaying by 1/64 a reply (confirm_window)
+    int64_t rtt_peak        # the longest recent RTT, decaying by 1/RTT_PEAK_DECAY a reply (confirm_window)
     bint suspecting         # confirmation probing: a reply is overdue, confirmations go
     bint told               # the suspect event went out: a miss without confirmation probing,
                             # with it once a confirmation too went unanswered
@@ -764,7 +765,7 @@ cdef void on_reply(Core *c, int i, int64_t now, int64_t rtt, bint answered_confi
 
 cdef void update_rto(Session *s, int64_t rtt) noexcept nogil:
     cdef int64_t err
-    s.rtt_peak -= s.rtt_peak // 64
+    s.rtt_peak -= s.rtt_peak // RTT_PEAK_DECAY
     if rtt > s.rtt_peak:
         s.rtt_peak = rtt
     if s.srtt == 0:
@@ -803,6 +804,25 @@ cdef int64_t confirm_window(Core *c, Session *s) noexcept nogil:
     if 2 * s.rtt_peak > w:
         w = 2 * s.rtt_peak
     return w if w < cap else cap
+
+
+cdef int64_t confirm_wait(Core *c, Session *s, int64_t now) noexcept nogil:
+    """How long a request of a suspicion waits for its reply: the reply timeout, but short
+    enough for ``multiplier - 1`` of them to fit in the confirmation window (never under the
+    timeout's floor), and never past the window's end, where the path is judged. A reply timeout
+    grown by a few slow answers then spaces the confirmations closer; it never delays the
+    verdict past the window (the window itself grows with the slowest recent answer)."""
+    cdef int64_t w = confirm_window(c, s)
+    cdef int64_t t = reply_timeout(c, s)
+    cdef int64_t share = w // (c.multiplier - 1 if c.multiplier > 1 else 1)
+    cdef int64_t end = s.confirm_first_ns + w
+    if share < REPLY_TIMEOUT_FLOOR_NS:
+        share = REPLY_TIMEOUT_FLOOR_NS
+    if t > share:
+        t = share
+    if now < end and now + t > end:
+        t = end - now
+    return t
 
 
 cdef void clear_suspicion(Session *s) noexcept nogil:
@@ -903,7 +923,8 @@ cdef bint session_overdue(Core *c, int i, int64_t now) noexcept nogil:
     when a confirmation request should go at once.
 
     With confirmation probing, a path believed up turns suspect at its first overdue reply and
-    is confirmed one request at a time, each waiting the RTT-based reply timeout; it is lost once
+    is confirmed one request at a time, each waiting the RTT-based reply timeout within the
+    window (confirm_wait); it is lost once
     ``multiplier - 1`` confirmations went unanswered and ``confirm_ms`` has passed since that
     first overdue reply, so a peer silent for less (paused, starved) is never declared lost."""
     cdef Session *s = &c.paths[i].s
@@ -960,7 +981,9 @@ cdef uint64_t session_request(Core *c, int i, int64_t now, bint confirm) noexcep
             s.nrecent -= 1
         s.recent[s.nrecent].seq, s.recent[s.nrecent].ns, s.recent[s.nrecent].confirm = seq, now, confirm
         s.nrecent += 1
-    if c.confirm_ns > 0 or confirm or s.misses + 1 >= c.multiplier:
+    if s.suspecting:
+        s.reply_deadline = now + confirm_wait(c, s, now)
+    elif c.confirm_ns > 0 or confirm or s.misses + 1 >= c.multiplier:
         s.reply_deadline = now + reply_timeout(c, s)
     else:
         s.reply_deadline = now + c.interval_ns
@@ -992,10 +1015,14 @@ cdef bint reply_matches(Session *s, uint64_t echo_seq, uint64_t echo_ns) noexcep
 
 
 cdef void session_reply(Core *c, int i, uint64_t seq, uint64_t echo_seq, uint64_t echo_ns,
-                        int64_t now) noexcept nogil:
-    """A matching reply (sequence number ``seq``, echoing a request answerable) arrived."""
+                        int64_t now, int64_t recv_delay) noexcept nogil:
+    """A matching reply (sequence number ``seq``, echoing a request answerable) arrived, read
+    ``recv_delay`` after the kernel took it. The RTT is timed to that arrival: how late this thread
+    read the reply is no delay of the path's or the peer's, and would otherwise stretch the reply
+    timeout and the confirmation window (a late read is caught before any deadline counts)."""
     cdef Session *s = &c.paths[i].s
     cdef Sent found
+    cdef int64_t rtt
     if not reply_match(s, echo_seq, echo_ns, &found):
         return
     s.outstanding = s.confirming = False
@@ -1005,7 +1032,10 @@ cdef void session_reply(Core *c, int i, uint64_t seq, uint64_t echo_seq, uint64_
         # sent before (a frame recorded earlier and replayed now) is old from here on.
         s.heard = True
         window_close_below(&c.paths[i].win, seq)
-    on_reply(c, i, now, now - found.ns, found.confirm)
+    rtt = now - found.ns - recv_delay
+    if rtt < 0:
+        rtt = now - found.ns  # a stamp before the send: the realtime clock stepped, not used
+    on_reply(c, i, now, rtt, found.confirm)
     clear_suspicion(s)
 
 
@@ -1222,7 +1252,7 @@ cdef void on_frame(Core *c, int i, const uint8_t *buf, ssize_t n, sockaddr_ll *f
             send_frame(c, i, KIND_REPLY, 0, seq, <uint64_t>mono_ns(), f.seq, f.send_ns)
             p.n.answered += 1
     elif f.kind == KIND_REPLY:
-        session_reply(c, i, f.seq, f.echo_seq, f.echo_ns, now)
+        session_reply(c, i, f.seq, f.echo_seq, f.echo_ns, now, recv_delay)
     elif not p.s.heard:
         # A notice on a path not yet heard in this run may be a recording of an older one.
         p.n.drops[DROP_UNHEARD] += 1
@@ -1884,15 +1914,17 @@ cdef class SessionModel:
         session_peer_request(self.c, 0, send_ns, confirm, now)
         return "ok"
 
-    def reply(self, uint64_t seq, uint64_t echo_seq, uint64_t echo_ns, int64_t now):
-        """A reply frame (already authenticated) arrives: the drop reason or "ok"."""
+    def reply(self, uint64_t seq, uint64_t echo_seq, uint64_t echo_ns, int64_t now,
+              int64_t recv_delay=0):
+        """A reply frame (already authenticated) read at ``now``, ``recv_delay`` after it arrived:
+        the drop reason or "ok"."""
         cdef int code = window_check(&self.c.paths[0].win, seq, self.c.window)
         if code == FRAME_OK and not reply_matches(&self.c.paths[0].s, echo_seq, echo_ns):
             code = DROP_LATE
         if code != FRAME_OK:
             return DROP_REASONS[code]
         window_accept(&self.c.paths[0].win, seq)
-        session_reply(self.c, 0, seq, echo_seq, echo_ns, now)
+        session_reply(self.c, 0, seq, echo_seq, echo_ns, now, recv_delay)
         return "ok"
 
     def frame(self, uint64_t seq):

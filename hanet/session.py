@@ -20,11 +20,13 @@ What a session decides:
   is sent) once they are used up;
 * with confirmation probing (``confirm_ns`` > 0, heartbeat.confirm_ms), every request waits only
   the reply timeout (the RTT estimate); a path believed up whose reply is overdue turns suspect
-  and is sent a confirmation request at once, each waiting the same time, one after another
-  (scheduled requests are not sent while one waits). It is lost once ``multiplier - 1``
-  confirmations in a row went unanswered AND the confirmation window has passed since the first
-  overdue reply: ``confirm_ns``, or twice the longest recent RTT if longer (the peak decays by
-  1/64 a reply), at most ``multiplier`` x ``interval``. A silence shorter than ``confirm_ns`` (a
+  and is sent a confirmation request at once, one after another (scheduled requests are not
+  sent while one waits). It is lost once ``multiplier - 1`` confirmations in a row went
+  unanswered AND the confirmation window has passed since the first overdue reply:
+  ``confirm_ns``, or twice the longest recent RTT if longer (the peak decays by 1/16 a reply), at
+  most ``multiplier`` x ``interval``. Each confirmation waits the reply timeout, but at most the
+  window's share of one of ``multiplier - 1`` and never past the window's end, so the path is
+  judged when the window ends, however the timeout has grown. A silence shorter than ``confirm_ns`` (a
   paused or starved peer) never makes it lost, nor one shorter than twice what the peer has
   lately taken to answer (starved, or reading behind a flood of junk).
   Any reply of the suspicion (to the request first overdue, or to any confirmation of the last
@@ -47,6 +49,7 @@ REPLY_TIMEOUT_FLOOR_NS = 250_000
 SEQ_LOW_MARK = 1 << 32
 MISSES_CAP = 1 << 30
 CONFIRM_RING = 16  # requests of a suspicion whose late replies still clear it
+RTT_PEAK_DECAY = 16  # the RTT peak loses 1/16 a reply: a lone slow answer counts ~16 replies
 
 UNKNOWN, UP, SUSPECT, LOST = "unknown", "up", "suspect", "lost"
 
@@ -159,7 +162,7 @@ class Session:
         self._emit(model.HeartbeatSuspect(t_ns=now, path=0, misses=self.misses))
 
     def _update_rto(self, rtt: int) -> None:
-        self.rtt_peak = max(rtt, self.rtt_peak - self.rtt_peak // 64)
+        self.rtt_peak = max(rtt, self.rtt_peak - self.rtt_peak // RTT_PEAK_DECAY)
         if self.srtt == 0:
             self.srtt, self.rttvar = rtt, _cdiv(rtt, 2)
             return
@@ -179,6 +182,16 @@ class Session:
         """How long a silence must last before the path is lost: confirm_ns, or twice the longest
         recent RTT if longer, never more than multiplier x interval."""
         return min(max(self.confirm_ns, 2 * self.rtt_peak), self.multiplier * self.interval_ns)
+
+    def confirm_wait(self, now: int) -> int:
+        """How long a request of a suspicion waits: the reply timeout, at most the window's
+        share of one of ``multiplier - 1`` confirmations (never under the timeout's floor), and
+        never past the window's end, where the path is judged."""
+        window = self.confirm_window()
+        share = max(window // max(self.multiplier - 1, 1), REPLY_TIMEOUT_FLOOR_NS)
+        wait = min(self.reply_timeout(), share)
+        end = self.confirm_first_ns + window
+        return end - now if now < end < now + wait else wait
 
     def _clear_suspicion(self) -> None:
         self.suspecting = False
@@ -219,7 +232,9 @@ class Session:
             self.confirmed_ns = now
         if self.suspecting:
             self.recent = (self.recent + [(seq, now, confirm)])[-CONFIRM_RING:]
-        if self.confirm_ns > 0 or confirm or self.misses + 1 >= self.multiplier:
+        if self.suspecting:
+            wait = self.confirm_wait(now)
+        elif self.confirm_ns > 0 or confirm or self.misses + 1 >= self.multiplier:
             wait = self.reply_timeout()
         else:
             wait = self.interval_ns
@@ -300,7 +315,9 @@ class Session:
                 confirm = True
         return confirm
 
-    def reply(self, seq: int, echo_seq: int, echo_ns: int, now: int) -> str:
+    def reply(self, seq: int, echo_seq: int, echo_ns: int, now: int, recv_delay: int = 0) -> str:
+        """A reply read at ``now``, ``recv_delay`` after it arrived (the RTT is timed to the
+        arrival: a late read is no delay of the path's): "ok" or the drop reason."""
         code = self.win.check(seq, self.window)
         sent = self._match(echo_seq, echo_ns) if code == "ok" else None
         if code == "ok" and sent is None:
@@ -312,7 +329,9 @@ class Session:
         if not self.heard:
             self.heard = True
             self.win.close_below(seq)
-        rtt = now - sent[1]
+        rtt = now - sent[1] - recv_delay
+        if rtt < 0:
+            rtt = now - sent[1]  # a stamp before the send: the realtime clock stepped
         confirms_sent, confirm_first_ns = self.confirms_sent, self.confirm_first_ns
         self._clear_suspicion()
         self.misses = 0

@@ -157,10 +157,33 @@ def test_confirmation_probing_declares_lost_confirm_ms_after_the_first_overdue_r
     first = fault + 250_000
     lost = events[1]
     assert lost.confirm_first_ns == first and lost.first_miss_ns == first
-    # the floor, then at most one more confirmation wait: one interval is no longer waited
-    assert first + confirm_ms * MS <= lost.t_ns == lost_at <= first + confirm_ms * MS + 250_000
-    assert lost.confirms_sent == (lost.t_ns - first) // 250_000 >= 2  # multiplier - 1 at least
+    # judged when the floor ends: neither one interval nor one more confirmation wait later
+    assert lost.t_ns == lost_at == first + confirm_ms * MS
+    assert lost.confirms_sent == confirm_ms * MS // 250_000 >= 2  # multiplier - 1 at least
     assert s.request(lost_at + 1) == 0 or s.state == "lost"
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("multiplier", [2, 3, 5])
+def test_a_reply_timeout_grown_by_slow_answers_never_delays_the_verdict(impl, multiplier):
+    # Mostly quick answers and a few slow ones (a busy host): srtt + 4 rttvar grows to several
+    # ms, while the slowest answer (2 ms) leaves the window at the 5 ms floor. The confirmations
+    # then go closer than the timeout, and the path is judged when the window ends.
+    s = make(impl, confirm_ns=5 * MS, multiplier=multiplier)
+    now = up_with_rtt(s, rtt=100_000)
+    for k, rtt in enumerate((2 * MS, 100_000, 2 * MS, 2 * MS)):
+        s.request(now)
+        assert answer(s, now, 6000 + k, rtt=rtt) == "ok"
+        now += 10 * MS
+    s.request(now)
+    grown = s.deadline() - now
+    assert grown > 2 * MS  # waited whole, a few of them would end the window late
+    first = s.deadline()
+    lost_at = confirm_until_lost(s, now)
+    lost = s.drain()[-1]
+    assert isinstance(lost, model.HeartbeatLost)
+    assert lost_at == lost.t_ns == first + 5 * MS
+    assert lost.confirms_sent >= multiplier - 1
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -208,6 +231,31 @@ def test_a_peer_that_lately_answered_slowly_gets_twice_that_before_it_is_lost(im
     lost_at = confirm_until_lost(s, now)
     assert first + window_ms * MS <= lost_at <= first + window_ms * MS + 250_000, (lost_at - first) / MS
     assert isinstance(s.drain()[-1], model.HeartbeatLost)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_the_rtt_is_timed_to_the_replys_arrival_not_to_its_late_reading(impl):
+    # Replies that took 0.1 ms, each read 3 ms late (this thread was starved): the reply timeout
+    # and the window stay what a 0.1 ms path earns. A stamp from before the send (the realtime
+    # clock stepped) is not used.
+    s = make(impl, confirm_ns=5 * MS)
+    now, peer = 0, 5000
+    for _ in range(4):
+        s.request(now)
+        peer += 1
+        assert s.reply(peer, s.seq, s.sent_ns, now + 3_100_000, 3 * MS) == "ok"
+        now += 10 * MS
+    s.request(now)
+    assert s.deadline() == now + 250_000  # the timeout's floor: srtt + 4 rttvar is below it
+    assert confirm_until_lost(s, now) == now + 250_000 + 5 * MS
+    stepped = make(impl, confirm_ns=5 * MS)
+    now = 0
+    for k in range(4):
+        stepped.request(now)
+        assert stepped.reply(6000 + k, stepped.seq, stepped.sent_ns, now + 3 * MS, 10 * MS) == "ok"
+        now += 10 * MS
+    stepped.request(now)
+    assert stepped.deadline() > now + 3 * MS  # timed to the reading: 3 ms RTTs
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -443,12 +491,13 @@ class BothSessionsAgree(RuleBasedStateMachine):
         self.now += rtt
         self.both("reply", self.peer, seq, sent_ns, self.now)
 
-    @rule(rtt=st.integers(1_000, 12 * MS), step=st.integers(-3, 3), good=st.booleans())
-    def reply(self, rtt, step, good):
+    @rule(rtt=st.integers(1_000, 12 * MS), step=st.integers(-3, 3), good=st.booleans(),
+          read_late=st.sampled_from([0, 0, 200_000, 3 * MS, 20 * MS]))
+    def reply(self, rtt, step, good, read_late):
         self.peer = max(0, min(U64_MAX, self.peer + step))
         echo = self.py.seq if good else self.py.seq - 1
         self.now += rtt
-        self.both("reply", self.peer, echo, self.py.sent_ns, self.now)
+        self.both("reply", self.peer, echo, self.py.sent_ns, self.now, read_late)
 
     @rule(seq=st.one_of(st.integers(0, U64_MAX), st.integers(-1100, 1100)))
     def frame(self, seq):
