@@ -68,6 +68,7 @@ cdef extern from "_fastprobe.h" nogil:
         HN_KIND_REPLY
         HN_KIND_NOTICE
         HN_REQUEST_CONFIRM
+        HN_REQUEST_PROBE
         HN_NODE_ID_LEN
         HN_MAC_LEN
         HN_BODY_LEN
@@ -151,6 +152,7 @@ cdef enum:
     KIND_REPLY = HN_KIND_REPLY
     KIND_NOTICE = HN_KIND_NOTICE
     REQUEST_CONFIRM = HN_REQUEST_CONFIRM
+    REQUEST_PROBE = HN_REQUEST_PROBE
     NODE_ID_LEN = HN_NODE_ID_LEN
     MAC_LEN = HN_MAC_LEN
     BODY_LEN = HN_BODY_LEN
@@ -184,7 +186,8 @@ def _check_constants():
             "BODY_LEN": BODY_LEN, "FRAME_LEN": FRAME_LEN, "OFF_KIND": HN_OFF_KIND,
             "OFF_PATH": HN_OFF_PATH, "OFF_ACTIVE": HN_OFF_ACTIVE, "OFF_NODE_ID": HN_OFF_NODE_ID,
             "OFF_SEQ": HN_OFF_SEQ, "OFF_SEND_NS": HN_OFF_SEND_NS, "OFF_ECHO_SEQ": HN_OFF_ECHO_SEQ,
-            "OFF_ECHO_NS": HN_OFF_ECHO_NS, "REQUEST_CONFIRM": REQUEST_CONFIRM}
+            "OFF_ECHO_NS": HN_OFF_ECHO_NS, "REQUEST_CONFIRM": REQUEST_CONFIRM,
+            "REQUEST_PROBE": REQUEST_PROBE}
     wrong = {k: v for k, v in ours.items() if getattr(wire, k) != v}
     if wrong or len(wire.DROP_REASONS) != N_DROPS:
         raise ImportError(f"hanet._fastprobe was built for another frame layout: {wrong}")
@@ -427,6 +430,7 @@ cdef struct Session:
     bint told               # the suspect event went out: a miss without confirmation probing,
                             # with it once a confirmation too went unanswered
     int64_t confirm_first_ns    # when the first reply of this suspicion was overdue
+    int64_t witnessed_ns        # when the peer was first known alive elsewhere in it (0: not yet)
     int64_t confirms_sent
     int64_t confirms_unanswered
     bint have_pinned
@@ -436,6 +440,7 @@ cdef struct Session:
     uint64_t peer_sent_ns   # the peer's send time of its last scheduled request here; 0: none
     int64_t peer_deadline   # when the peer's next scheduled request is overdue; 0: not expected
     int64_t peer_heard_ns   # when its last scheduled request arrived here
+    int64_t peer_frame_ns   # when its last authenticated frame of any kind arrived here
     int64_t confirmed_ns    # when our last confirmation request went
     int64_t win_send_lag_max    # lag maxima since the last reply in steady state or last event
     int64_t win_recv_delay_max
@@ -460,6 +465,7 @@ cdef struct Counters:
     uint64_t carrier_ioctls
     uint64_t crossed            # times the peer's path heard here changed to another path
     uint64_t confirms           # confirmation requests sent
+    uint64_t probes             # probes sent because another path turned suspect
 
 cdef struct Samples:
     int64_t rtt[SAMPLES]
@@ -820,14 +826,18 @@ cdef int64_t confirm_wait(Core *c, Session *s, int64_t now) noexcept nogil:
         share = REPLY_TIMEOUT_FLOOR_NS
     if t > share:
         t = share
-    if now < end and now + t > end:
+    if now >= end:
+        # Past the window: the peer known alive elsewhere, the next unanswered question decides;
+        # else only a peer silent everywhere keeps the path, and there is no hurry.
+        return t if s.witnessed_ns else share
+    if now + t > end:
         t = end - now
     return t
 
 
 cdef void clear_suspicion(Session *s) noexcept nogil:
     s.suspecting = s.have_pinned = False
-    s.confirm_first_ns = s.confirms_sent = s.confirms_unanswered = 0
+    s.confirm_first_ns = s.confirms_sent = s.confirms_unanswered = s.witnessed_ns = 0
     s.nrecent = 0
 
 
@@ -866,7 +876,7 @@ cdef bint on_peer_schedule(Core *c, uint64_t send_ns, uint64_t prev_ns) noexcept
     return r <= t // 8 or r >= t - t // 8
 
 
-cdef bint session_peer_request(Core *c, int i, uint64_t send_ns, bint confirm,
+cdef bint session_peer_request(Core *c, int i, uint64_t send_ns, int active,
                                int64_t now) noexcept nogil:
     """A new authenticated request of the peer's arrived on path ``i`` at ``now``.
 
@@ -884,10 +894,12 @@ cdef bint session_peer_request(Core *c, int i, uint64_t send_ns, bint confirm,
     cdef bint on
     if c.confirm_ns == 0:
         return False
-    if confirm:
+    if active == REQUEST_CONFIRM:
         if s.state == STATE_UP and (s.confirmed_ns == 0 or now - s.confirmed_ns >= c.interval_ns):
             s.peer_deadline = now
         return False
+    if active != 0:
+        return False  # a probe (or a mark unknown here): answered, but off the schedule
     on = on_peer_schedule(c, send_ns, s.peer_sent_ns)
     s.peer_sent_ns = send_ns
     if on:
@@ -926,7 +938,9 @@ cdef bint session_overdue(Core *c, int i, int64_t now) noexcept nogil:
     is confirmed one request at a time, each waiting the RTT-based reply timeout within the
     window (confirm_wait); it is lost once
     ``multiplier - 1`` confirmations went unanswered and ``confirm_ms`` has passed since that
-    first overdue reply, so a peer silent for less (paused, starved) is never declared lost."""
+    first overdue reply, so a peer silent for less (paused, starved) is never declared lost; and
+    the peer was heard on another path since (peer_heard_elsewhere), or BFD's detection time
+    has passed: a peer silent everywhere for longer (paused, starved) is no fault of this path."""
     cdef Session *s = &c.paths[i].s
     cdef Event *e
     s.reply_deadline = 0
@@ -942,11 +956,34 @@ cdef bint session_overdue(Core *c, int i, int64_t now) noexcept nogil:
         s.confirms_unanswered += 1
         if not s.told:
             tell_suspect(c, i, now)
-    if s.confirms_unanswered >= c.multiplier - 1 and now - s.confirm_first_ns >= confirm_window(c, s):
+    if s.witnessed_ns == 0 and peer_heard_elsewhere(c, i, s.confirm_first_ns):
+        s.witnessed_ns = now
+    # The request now unanswered must have gone after that: asked while the peer was known alive.
+    if s.confirms_unanswered >= c.multiplier - 1 and now - s.confirm_first_ns >= confirm_window(c, s) \
+            and (now - s.confirm_first_ns >= c.multiplier * c.interval_ns
+                 or s.witnessed_ns and s.out_sent_ns >= s.witnessed_ns):
         lost_event(c, i, now)
         clear_suspicion(s)
         return False
     return True
+
+
+cdef bint peer_heard_elsewhere(Core *c, int i, int64_t since) noexcept nogil:
+    """Whether the silence of path ``i`` since ``since`` is the path's own: a frame of the peer's
+    came after it on another path still up (one that fell silent since is no witness: the peer
+    may have stopped in between), or no other path can tell (none is up). A peer stopped or
+    starved is silent on every path at once; its silence is then no reason to leave this path
+    for another (the failover would not help), so the path is only lost after BFD's detection
+    time, multiplier x interval (see session_overdue)."""
+    cdef int j
+    cdef bint could_tell = False
+    for j in range(c.npaths):
+        if j == i or c.paths[j].s.state != STATE_UP and c.paths[j].s.state != STATE_SUSPECT:
+            continue
+        if c.paths[j].s.state == STATE_UP and c.paths[j].s.peer_frame_ns > since:
+            return True
+        could_tell = True
+    return not could_tell
 
 
 cdef uint64_t session_request(Core *c, int i, int64_t now, bint confirm) noexcept nogil:
@@ -1161,6 +1198,23 @@ cdef void send_confirmation(Core *c, int i, int64_t now) noexcept nogil:
         c.paths[i].n.sent += 1
 
 
+cdef void probe_other_paths(Core *c, int i, int64_t now) noexcept nogil:
+    """Path ``i`` just turned suspect: a probe on every other path that is up and has no request
+    in flight (one in flight answers as well), so that the peer's answer there, an RTT from now,
+    tells a dead path (lost when its window ends) from a peer silent everywhere (see
+    peer_heard_elsewhere). An unanswered probe makes its own path suspect in turn."""
+    cdef int j
+    cdef uint64_t seq
+    for j in range(c.npaths):
+        if j == i or c.paths[j].sock.fd < 0 or c.paths[j].s.state != STATE_UP or c.paths[j].s.reply_deadline:
+            continue
+        seq = session_request(c, j, now, False)
+        if seq:
+            send_frame(c, j, KIND_REQUEST, REQUEST_PROBE, seq, <uint64_t>now, 0, 0)
+            c.paths[j].n.sent += 1
+            c.paths[j].n.probes += 1
+
+
 cdef void align_schedule(Core *c, int i, int64_t now) noexcept nogil:
     """The peer's scheduled request on path ``i`` just arrived: our requests there move towards
     half an interval after the peer's, so that a frame of one node or the other crosses the path
@@ -1236,6 +1290,7 @@ cdef void on_frame(Core *c, int i, const uint8_t *buf, ssize_t n, sockaddr_ll *f
     read_fields(buf, &f)
     window_accept(&p.win, f.seq)
     now = mono_ns()
+    p.s.peer_frame_ns = now - recv_delay  # when it arrived: a frame read late is no later news
     if f.path != i:
         # Crossed cables: the peer's frames of another path arrive here. Named once per change.
         note_peer_path(c, i, f.path, now)
@@ -1245,7 +1300,7 @@ cdef void on_frame(Core *c, int i, const uint8_t *buf, ssize_t n, sockaddr_ll *f
     if recv_delay > p.s.win_recv_delay_max:
         p.s.win_recv_delay_max = recv_delay
     if f.kind == KIND_REQUEST:
-        if session_peer_request(c, i, f.send_ns, f.active == REQUEST_CONFIRM, now) and c.align:
+        if session_peer_request(c, i, f.send_ns, f.active, now) and c.align:
             align_schedule(c, i, now)
         seq = next_seq(c, now)
         if seq:
@@ -1390,6 +1445,7 @@ cdef int64_t service(Core *c) noexcept nogil:
     cdef int64_t nxt, due
     cdef int i
     cdef uint64_t seq
+    cdef bint suspecting
     cdef Path *p
     if now >= c.next_poll:
         poll_counters(c, now)
@@ -1399,6 +1455,7 @@ cdef int64_t service(Core *c) noexcept nogil:
     nxt = c.next_poll
     for i in range(c.npaths):
         p = &c.paths[i]
+        suspecting = p.s.suspecting
         due = session_deadline(&p.s)
         if due and now >= due and p.sock.fd >= 0:
             # A frame may be waiting unread because this thread itself was late (a busy host):
@@ -1408,6 +1465,8 @@ cdef int64_t service(Core *c) noexcept nogil:
             send_confirmation(c, i, now)
         if now >= p.next_send:
             tick(c, i)
+        if p.s.suspecting and not suspecting and c.npaths > 1:
+            probe_other_paths(c, i, now)
         if p.notice.left > 0 and now >= p.notice.next:
             seq = next_seq(c, now)
             if seq:
@@ -1849,7 +1908,7 @@ cdef class Engine:
                 "notices_sent": p.n.notices_sent, "notices_received": p.n.notices_received,
                 "drops": {DROP_REASONS[k]: p.n.drops[k] for k in range(N_DROPS) if p.n.drops[k]},
                 "filtered": p.n.filtered, "rcvbuf_overflow": p.n.overflow,
-                "rx_ring": p.sock.ring.map != NULL, "confirms": p.n.confirms,
+                "rx_ring": p.sock.ring.map != NULL, "confirms": p.n.confirms, "probes": p.n.probes,
                 "crossed": p.n.crossed,
                 "carrier": p.sock.carrier == 1, "carrier_source": CARRIER_SOURCES[p.sock.carrier_source],
                 "carrier_reads": p.n.carrier_reads, "carrier_ioctls": p.n.carrier_ioctls,
@@ -1905,13 +1964,22 @@ cdef class SessionModel:
         """Run the deadlines that have passed; True: send a confirmation request now."""
         return session_due(self.c, 0, now)
 
-    def peer_request(self, uint64_t seq, uint64_t send_ns, int64_t now, bint confirm=False):
+    def witness(self, heard_ns=None):
+        """Another path, up, that last heard the peer at ``heard_ns`` (None: no other path)."""
+        if heard_ns is None:
+            self.c.npaths = 1
+        else:
+            self.c.npaths = 2
+            self.c.paths[1].s.state = STATE_UP
+            self.c.paths[1].s.peer_frame_ns = heard_ns
+
+    def peer_request(self, uint64_t seq, uint64_t send_ns, int64_t now, int active=0):
         """A request of the peer's (already authenticated): "ok" or the drop reason."""
         cdef int code = window_check(&self.c.paths[0].win, seq, self.c.window)
         if code != FRAME_OK:
             return DROP_REASONS[code]
         window_accept(&self.c.paths[0].win, seq)
-        session_peer_request(self.c, 0, send_ns, confirm, now)
+        session_peer_request(self.c, 0, send_ns, active, now)
         return "ok"
 
     def reply(self, uint64_t seq, uint64_t echo_seq, uint64_t echo_ns, int64_t now,

@@ -125,24 +125,33 @@ def _table(ifname: str) -> str:
     return f"hanet_fault_{ifname}".replace("-", "_").replace(".", "_")
 
 
-def drop_ingress(ns: Netns, ifname: str, percent: int = 100, match: str = "") -> None:
-    """Drop frames arriving on ``ifname`` (all, or ``percent`` % at random; only those ``match``,
-    an nftables expression, says); carrier stays up."""
-    table = _table(ifname)
+def drop_ingress(ns: Netns, ifname: str | tuple[str, ...], percent: int = 100, match: str = "") -> None:
+    """Drop frames arriving on ``ifname`` (or on each of several, in one nftables transaction, so
+    they fail at the same instant): all, or ``percent`` % at random; only those ``match``, an
+    nftables expression, says. Carrier stays up."""
     rule = "drop" if percent >= 100 else f"numgen random mod 100 < {int(percent)} drop"
     rule = f"{match} {rule}".strip()
-    ns.nft(f"""
-table netdev {table} {{
+    ns.nft("".join(f"""
+table netdev {_table(name)} {{
   chain ingress {{
-    type filter hook ingress device "{ifname}" priority -500; policy accept;
+    type filter hook ingress device "{name}" priority -500; policy accept;
     {rule}
   }}
 }}
-""")
+""" for name in _names(ifname)))
 
 
-def clear_ingress(ns: Netns, ifname: str) -> None:
-    ns.run("nft", "delete", "table", "netdev", _table(ifname), check=False)
+def clear_ingress(ns: Netns, ifname: str | tuple[str, ...]) -> None:
+    """Undo drop_ingress: in one transaction (the paths heal at the same instant), else, when some
+    of the tables are missing, one by one."""
+    names = _names(ifname)
+    if ns.nft("".join(f"delete table netdev {_table(name)}\n" for name in names), check=False).returncode:
+        for name in names:
+            ns.run("nft", "delete", "table", "netdev", _table(name), check=False)
+
+
+def _names(ifname: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (ifname,) if isinstance(ifname, str) else tuple(ifname)
 
 
 def carrier_down(ns: Netns, ifname: str) -> None:

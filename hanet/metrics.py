@@ -16,6 +16,7 @@ Series (``path`` is the configured path name):
     hanet_frames_filtered_total{path}               refused by the kernel filter before hanet saw them
     hanet_frames_overflow_total{path}               passed the filter, found the receive ring full
     hanet_heartbeat_confirms_total{path}            confirmation requests sent (a silence questioned)
+    hanet_heartbeat_probes_total{path}              probes sent because another path fell silent
 
 Path series mirror the per-path dicts of the control socket's status (see hanet.control), pushed
 with ``update_paths``; the HTTP thread reads the latest snapshot, so the loop never waits on it.
@@ -159,7 +160,8 @@ class _PathCollector:
         counters = {key: CounterMetricFamily(name, doc, labels=["path"]) for key, name, doc in (
             ("filtered", "hanet_frames_filtered", "Frames refused by the kernel filter."),
             ("rcvbuf_overflow", "hanet_frames_overflow", "Frames that found the receive ring full."),
-            ("confirms", "hanet_heartbeat_confirms", "Confirmation requests sent."))}
+            ("confirms", "hanet_heartbeat_confirms", "Confirmation requests sent."),
+            ("probes", "hanet_heartbeat_probes", "Probes sent because another path fell silent."))}
         for p in snapshot:
             index = p.get("index")
             if not isinstance(index, int) or not 0 <= index < len(self.path_names):

@@ -30,7 +30,11 @@ What a session decides:
   paused or starved peer) never makes it lost, nor one shorter than twice what the peer has
   lately taken to answer (starved, or reading behind a flood of junk).
   Any reply of the suspicion (to the request first overdue, or to any confirmation of the last
-  ``CONFIRM_RING``) clears it, so a slow reply alone never makes a path lost;
+  ``CONFIRM_RING``) clears it, so a slow reply alone never makes a path lost. And a peer silent on
+  every path at once (stopped, starved) is no fault of this path, and leaving it for another
+  would not help: the path is lost when its window ends only if the peer was heard since on
+  another path still up (the probe loop probes them when a path turns suspect), or no other path
+  can tell; else only after BFD's detection time, ``multiplier`` x ``interval`` (``witness``);
 * with confirmation probing the peer's own schedule is evidence too: once two of its requests
   came a whole number of intervals apart (by the peer's send times), the next is expected an
   interval after the last arrived, give or take the reply timeout and an eighth of the interval;
@@ -42,7 +46,7 @@ What a session decides:
 from __future__ import annotations
 
 from hanet import model
-from hanet.wire import U64_MAX
+from hanet.wire import REQUEST_CONFIRM, U64_MAX
 
 WINDOW_BITS = 1024
 REPLY_TIMEOUT_FLOOR_NS = 250_000
@@ -119,6 +123,7 @@ class Session:
         self.out_seq = self.sent_ns = self._deadline = 0
         self.srtt = self.rttvar = self.rtt_peak = 0
         self.peer_sent_ns = self.peer_deadline = self.confirmed_ns = 0
+        self.heard_elsewhere_ns: int | None = None  # see witness()
         self.win = ReplayWindow()
         self.seq_low_told = self.seq_out_told = False
         self.events: list[model.Event] = []
@@ -189,13 +194,25 @@ class Session:
         never past the window's end, where the path is judged."""
         window = self.confirm_window()
         share = max(window // max(self.multiplier - 1, 1), REPLY_TIMEOUT_FLOOR_NS)
-        wait = min(self.reply_timeout(), share)
         end = self.confirm_first_ns + window
-        return end - now if now < end < now + wait else wait
+        wait = min(self.reply_timeout(), share)
+        if now >= end:  # the peer known alive elsewhere, the next answer decides; else no hurry
+            return wait if self.witnessed_ns else share
+        return end - now if now + wait > end else wait
+
+    def witness(self, heard_ns: int | None = None) -> None:
+        """Another path, up, that last heard the peer at ``heard_ns`` (None: no other path). The
+        probe loop knows every path; a session alone knows none unless told."""
+        self.heard_elsewhere_ns = heard_ns
+
+    def _silence_is_the_paths(self, since: int) -> bool:
+        """The peer was heard on another path since ``since``, or no other path can tell."""
+        return self.heard_elsewhere_ns is None or self.heard_elsewhere_ns > since
 
     def _clear_suspicion(self) -> None:
         self.suspecting = False
         self.confirm_first_ns = self.confirms_sent = self.confirms_unanswered = 0
+        self.witnessed_ns = 0  # when the peer was first known alive elsewhere in it
         self.pinned: tuple[int, int, bool] | None = None
         self.recent: list[tuple[int, int, bool]] = []
 
@@ -263,15 +280,16 @@ class Session:
             return False
         return d % t <= t // 8 or d % t >= t - t // 8
 
-    def peer_request(self, seq: int, send_ns: int, now: int, confirm: bool = False) -> str:
-        """A request of the peer's (already authenticated): "ok" or the drop reason."""
+    def peer_request(self, seq: int, send_ns: int, now: int, active: int = 0) -> str:
+        """A request of the peer's (already authenticated), its ``active`` mark: "ok" or the drop
+        reason. A probe (or any mark but a confirmation's) is off the schedule and tells nothing."""
         code = self.frame(seq)
-        if code == "ok" and self.confirm_ns > 0 and confirm:
+        if code == "ok" and self.confirm_ns > 0 and active == REQUEST_CONFIRM:
             # The peer does not hear us: confirm at once, unless it may be echoing our own.
             echo = self.confirmed_ns != 0 and now - self.confirmed_ns < self.interval_ns
             if self.state == UP and not echo:
                 self.peer_deadline = now
-        elif code == "ok" and self.confirm_ns > 0:
+        elif code == "ok" and self.confirm_ns > 0 and active == 0:
             on = self._on_peer_schedule(send_ns)
             self.peer_sent_ns = send_ns
             slack = self.reply_timeout() + self.interval_ns // 8
@@ -292,8 +310,13 @@ class Session:
             self.confirms_unanswered += 1
             if not self.told:
                 self._tell_suspect(now)
-        if (self.confirms_unanswered >= self.multiplier - 1
-                and now - self.confirm_first_ns >= self.confirm_window()):
+        if not self.witnessed_ns and self._silence_is_the_paths(self.confirm_first_ns):
+            self.witnessed_ns = now
+        # The request now unanswered must have gone after that: asked while the peer was known alive.
+        silent_for = now - self.confirm_first_ns
+        if (self.confirms_unanswered >= self.multiplier - 1 and silent_for >= self.confirm_window()
+                and (silent_for >= self.multiplier * self.interval_ns
+                     or self.witnessed_ns and self.sent_ns >= self.witnessed_ns)):
             self.state = LOST
             self._emit(model.HeartbeatLost(t_ns=now, path=0, misses=self.misses,
                                            first_miss_ns=self.first_miss_ns,

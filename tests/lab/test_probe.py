@@ -576,8 +576,38 @@ def test_confirmation_probing_declares_a_blackhole_confirm_ms_after_the_first_ov
             (lost.t_ns - last_reply) / 1e6
         assert lost.t_ns - lost.confirm_first_ns >= confirm_ms * 1e6  # never before the floor
         assert lost.confirms_sent >= 2 and a.stats(0)["confirms"] == lost.confirms_sent
+        assert a.stats(1)["probes"] >= 1  # the peer's answer on the alternate ruled out its stall
         labnet.clear_ingress(a.ns, "nic1")
         a.wait(model.HeartbeatRecovered, 0, after_ns=lost.t_ns)
+    finally:
+        a.prober.stop()
+        b.prober.stop()
+
+
+def test_a_peer_silent_on_every_path_for_longer_than_the_window_is_not_lost(lab, tmp_path):
+    # Everything from b stops reaching a on both cables at once for about 40 ms: longer than the
+    # 5 ms window, shorter than BFD's 3 x 50 ms. That is what a stopped or starved peer looks like,
+    # and a failover to the other path would not help: neither path is lost, both stay up.
+    # (b still hears a, and rightly loses both paths: a does not answer it.)
+    interval_ms, confirm_ms = 50.0, 5.0
+    a, b = start_pair(lab, tmp_path, interval_ms=interval_ms, confirm_ms=confirm_ms)
+    try:
+        for path in (0, 1):
+            a.wait(model.HeartbeatRecovered, path)
+        time.sleep(0.3)
+        t0 = time.monotonic_ns()
+        labnet.drop_ingress(a.ns, ("nic1", "nic3"))
+        try:
+            time.sleep(0.04)
+        finally:
+            labnet.clear_ingress(a.ns, ("nic1", "nic3"))
+        t1 = time.monotonic_ns()
+        assert (t1 - t0) / 1e6 < MULTIPLIER * interval_ms - 20, "the silence ran too long to judge"
+        time.sleep(3 * interval_ms / 1000)
+        events = [e for e in a.collect() if e.t_ns >= t0]
+        assert [e for e in events if isinstance(e, model.HeartbeatLost)] == [], events
+        assert sum(isinstance(e, model.HeartbeatSuspect) for e in events) >= 1  # it was questioned
+        assert a.stats(0)["state"] == a.stats(1)["state"] == "up"
     finally:
         a.prober.stop()
         b.prober.stop()

@@ -15,7 +15,7 @@ PATHS = [
     {"index": 0, "name": "primary", "interface": "nic1", "health": "up", "carrier": True,
      "offline": False, "damped": False, "penalty": 0.0, "rtt_p50_us": 23.1, "rtt_p99_us": 60.2,
      "sent": 100, "received": 99, "drops": {"bad_mac": 1, "replay": 4},
-     "filtered": 7, "rcvbuf_overflow": 2, "confirms": 5},
+     "filtered": 7, "rcvbuf_overflow": 2, "confirms": 5, "probes": 3},
     {"index": 1, "name": "alternate", "interface": "nic3", "health": "down", "carrier": False,
      "offline": True, "damped": True, "penalty": 2500.0, "rtt_p50_us": None, "rtt_p99_us": None,
      "sent": 50, "received": 0, "drops": {}},
@@ -101,6 +101,7 @@ def test_path_series(metrics):
     assert got[("hanet_frames_filtered_total", (("path", "primary"),))] == 7
     assert got[("hanet_frames_overflow_total", (("path", "primary"),))] == 2
     assert got[("hanet_heartbeat_confirms_total", (("path", "primary"),))] == 5
+    assert got[("hanet_heartbeat_probes_total", (("path", "primary"),))] == 3
     assert ("hanet_heartbeat_confirms_total", (("path", "alternate"),)) not in got  # not reported
 
 

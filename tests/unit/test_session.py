@@ -7,7 +7,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from hanet import _fastprobe, model, session
+from hanet import _fastprobe, model, session, wire
 
 IMPLS = [pytest.param(session.Session, id="python"), pytest.param(_fastprobe.SessionModel, id="cython")]
 MS = 1_000_000
@@ -259,6 +259,74 @@ def test_the_rtt_is_timed_to_the_replys_arrival_not_to_its_late_reading(impl):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("heard_elsewhere_ms, lost_after_ms", [
+    (None, 5),    # no other path can tell: the window alone
+    (0.1, 5),     # the peer answered on another path after the silence began: this path is dead
+    (-1, 30),     # nothing from the peer anywhere since: it is stopped or starved, not this path
+])
+def test_a_peer_silent_on_every_path_is_lost_only_after_bfds_detection_time(
+        impl, heard_elsewhere_ms, lost_after_ms):
+    s = make(impl, confirm_ns=5 * MS)
+    now = up_with_rtt(s)
+    s.request(now)
+    first = s.deadline()
+    if heard_elsewhere_ms is not None:
+        s.witness(first + int(heard_elsewhere_ms * MS))
+    lost_at = confirm_until_lost(s, now)
+    lost = s.drain()[-1]
+    assert isinstance(lost, model.HeartbeatLost) and lost.t_ns == lost_at
+    # past the window, the confirmations go at the window's share (2.5 ms), not every 0.25 ms
+    assert first + lost_after_ms * MS <= lost_at < first + lost_after_ms * MS + 2_500_000
+    assert lost.confirms_sent <= 20 + 10
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_the_path_is_lost_only_once_asked_after_the_peer_was_heard_elsewhere(impl):
+    # The peer is heard on the other path just before the window ends (it resumed, say): the
+    # confirmation then unanswered went before that, so the path gets one more question.
+    s = make(impl, confirm_ns=5 * MS)
+    now = up_with_rtt(s)
+    s.witness(now)
+    s.request(now)
+    first = s.deadline()
+    while s.deadline() < first + 5 * MS:
+        t = s.deadline()
+        assert s.overdue(t) and s.request(t, True) > 0
+    s.witness(first + 5 * MS - 100_000)
+    lost_at = confirm_until_lost(s, now)
+    assert lost_at == first + 5 * MS + 250_000  # the question asked at the window's end, unanswered
+    assert isinstance(s.drain()[-1], model.HeartbeatLost)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_peer_stopped_for_longer_than_the_window_is_not_lost(impl):
+    # The peer stops 8 ms, longer than the 5 ms floor, shorter than 30: silent on both paths.
+    s = make(impl, confirm_ns=5 * MS)
+    now = up_with_rtt(s)
+    s.witness(now)
+    seq = s.request(now)
+    sent = s.sent_ns
+    t = now
+    while s.deadline() and s.deadline() < now + 8 * MS:
+        t = s.deadline()
+        assert s.overdue(t), "lost while the peer was silent everywhere"
+        assert s.request(t, True) > 0
+    assert s.reply(9000, seq, sent, now + 8 * MS) == "ok"  # it resumes, answers the oldest first
+    kinds = [type(e) for e in s.drain()]
+    assert kinds == [model.HeartbeatSuspect, model.HeartbeatCleared] and s.state == "up"
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_probe_of_the_peers_is_answered_but_no_point_of_its_schedule(impl):
+    s = make(impl, confirm_ns=5 * MS)
+    now = up_with_rtt(s)
+    t = peer_on_schedule(s, now)
+    due = s.deadline()
+    assert s.peer_request(30000, 7 * 10**12 + 3 * MS, t + 3 * MS, wire.REQUEST_PROBE) == "ok"
+    assert s.deadline() == due and s.state == "up" and s.drain() == []
+
+
+@pytest.mark.parametrize("impl", IMPLS)
 def test_a_late_reply_to_the_request_first_overdue_clears(impl):
     s = make(impl, confirm_ns=5 * MS)
     now = up_with_rtt(s)
@@ -483,6 +551,19 @@ class BothSessionsAgree(RuleBasedStateMachine):
         if self.both("overdue", self.now):
             self.send(True)  # what the loop does: a confirmation at once
 
+    @rule(span=st.integers(0, 40 * MS))
+    def silence(self, span):
+        """Nothing answers for ``span``: what the loop does at each deadline meanwhile."""
+        end = self.now + span
+        for _ in range(400):
+            due = self.py.deadline()
+            if not due or due > end:
+                break
+            self.now = max(self.now, due)
+            if self.both("overdue", self.now):
+                self.send(True)
+        self.now = end
+
     @precondition(lambda self: getattr(self, "sent", None))
     @rule(back=st.integers(1, 20), rtt=st.integers(1_000, 2 * MS))
     def late_reply(self, back, rtt):
@@ -507,12 +588,17 @@ class BothSessionsAgree(RuleBasedStateMachine):
 
     @rule(dt=st.integers(0, 12 * MS), step=st.integers(-2, 3),
           gap=st.sampled_from([10 * MS, 10 * MS + 900_000, 20 * MS - 1_000_000, 13 * MS, 5 * MS]),
-          confirm=st.booleans())
-    def peer_request(self, dt, step, gap, confirm):
+          active=st.sampled_from([0, 0, wire.REQUEST_CONFIRM, wire.REQUEST_PROBE, 7]))
+    def peer_request(self, dt, step, gap, active):
         self.now += dt
         self.peer = max(0, min(U64_MAX, self.peer + step))
         self.peer_clock = getattr(self, "peer_clock", 1 << 50) + gap
-        self.both("peer_request", self.peer, self.peer_clock, self.now, confirm)
+        self.both("peer_request", self.peer, self.peer_clock, self.now, active)
+
+    @rule(ago=st.one_of(st.none(), st.integers(-2 * MS, 40 * MS)))
+    def witness(self, ago):
+        """Another path heard the peer ``ago`` before now (None: there is no other path)."""
+        self.both("witness", None if ago is None else self.now - ago)
 
     @rule()
     def pause(self):
