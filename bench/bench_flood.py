@@ -1,6 +1,6 @@
 """Flood benchmark: junk frames with hanet's EtherType against a running daemon.
 
-    python bench/bench_flood.py [--seconds S] [--setting 10x3] [--rt-priority N]
+    python bench/bench_flood.py [--seconds S] [--setting 10x3] [--rt-priority N] [--confirm-ms MS]
                                 [--modes auth,late,filtered,foreign] [--json FILE]
 
 Two daemons (``hanet run``, bench/peers/hanet_peer.py) in a switched TwoNodeLab; a third
@@ -135,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--rt-priority", type=int, default=0,
                     help="heartbeat.rt_priority of both daemons (SCHED_FIFO; 0 = normal)")
+    ap.add_argument("--confirm-ms", type=float, default=0.0,
+                    help="heartbeat.confirm_ms of both daemons (confirmation probing; 0 = off)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     if args.rt_priority:
@@ -145,13 +147,15 @@ def main(argv: list[str] | None = None) -> int:
         if m not in MODES:
             ap.error(f"unknown mode {m!r}")
     labnet.sweep_stale()
-    result = {"setting": args.setting, "seconds": args.seconds, "rt_priority": args.rt_priority, "phases": [],
+    result = {"setting": args.setting, "seconds": args.seconds, "rt_priority": args.rt_priority,
+              "confirm_ms": args.confirm_ms, "phases": [],
               "host": {"cpus": os.cpu_count(), "kernel": platform.release()}}
     with tempfile.TemporaryDirectory(prefix="hanet-flood-") as work:
         sender = build_sender(work)
         lab = labnet.TwoNodeLab.create("fl", switched=True)
         attacker = None
         peer = HanetPeer()
+        peer.confirm_ms = args.confirm_ms or None
         try:
             attacker = labnet.Netns.create("flx")
             labnet.veth(attacker, "atk0", lab.switch, "x0")

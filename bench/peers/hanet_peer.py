@@ -52,7 +52,7 @@ def _kill_leftovers() -> None:
 def hanet_config(node: str, rundir: str, interval_ms: float, multiplier: int,
                  confirm_ms: float | None = None) -> str:
     """Mirrored per node. No peer_mac: the identity's MAC moves with a failover, so the peer is
-    known by its node id alone. ``confirm_ms`` None: the default ("auto")."""
+    known by its node id alone. ``confirm_ms`` None: the default (off)."""
     other = "b" if node == "a" else "a"
     primary, alternate = PATH_NICS[node]
     confirm = "" if confirm_ms is None else f"confirm_ms = {float(confirm_ms)}\n"
