@@ -1052,14 +1052,12 @@ cdef bint reply_matches(Session *s, uint64_t echo_seq, uint64_t echo_ns) noexcep
 
 
 cdef void session_reply(Core *c, int i, uint64_t seq, uint64_t echo_seq, uint64_t echo_ns,
-                        int64_t now, int64_t recv_delay) noexcept nogil:
-    """A matching reply (sequence number ``seq``, echoing a request answerable) arrived, read
-    ``recv_delay`` after the kernel took it. The RTT is timed to that arrival: how late this thread
-    read the reply is no delay of the path's or the peer's, and would otherwise stretch the reply
-    timeout and the confirmation window (a late read is caught before any deadline counts)."""
+                        int64_t now) noexcept nogil:
+    """A matching reply (sequence number ``seq``, echoing a request answerable) was read at
+    ``now``. The RTT runs to the reading, not to the kernel's arrival stamp: the deadlines it sets
+    are met by this thread's reading, which a flood of junk queued ahead of the reply delays."""
     cdef Session *s = &c.paths[i].s
     cdef Sent found
-    cdef int64_t rtt
     if not reply_match(s, echo_seq, echo_ns, &found):
         return
     s.outstanding = s.confirming = False
@@ -1069,10 +1067,7 @@ cdef void session_reply(Core *c, int i, uint64_t seq, uint64_t echo_seq, uint64_
         # sent before (a frame recorded earlier and replayed now) is old from here on.
         s.heard = True
         window_close_below(&c.paths[i].win, seq)
-    rtt = now - found.ns - recv_delay
-    if rtt < 0:
-        rtt = now - found.ns  # a stamp before the send: the realtime clock stepped, not used
-    on_reply(c, i, now, rtt, found.confirm)
+    on_reply(c, i, now, now - found.ns, found.confirm)
     clear_suspicion(s)
 
 
@@ -1307,7 +1302,7 @@ cdef void on_frame(Core *c, int i, const uint8_t *buf, ssize_t n, sockaddr_ll *f
             send_frame(c, i, KIND_REPLY, 0, seq, <uint64_t>mono_ns(), f.seq, f.send_ns)
             p.n.answered += 1
     elif f.kind == KIND_REPLY:
-        session_reply(c, i, f.seq, f.echo_seq, f.echo_ns, now, recv_delay)
+        session_reply(c, i, f.seq, f.echo_seq, f.echo_ns, now)
     elif not p.s.heard:
         # A notice on a path not yet heard in this run may be a recording of an older one.
         p.n.drops[DROP_UNHEARD] += 1
@@ -1982,17 +1977,15 @@ cdef class SessionModel:
         session_peer_request(self.c, 0, send_ns, active, now)
         return "ok"
 
-    def reply(self, uint64_t seq, uint64_t echo_seq, uint64_t echo_ns, int64_t now,
-              int64_t recv_delay=0):
-        """A reply frame (already authenticated) read at ``now``, ``recv_delay`` after it arrived:
-        the drop reason or "ok"."""
+    def reply(self, uint64_t seq, uint64_t echo_seq, uint64_t echo_ns, int64_t now):
+        """A reply frame (already authenticated) arrives: the drop reason or "ok"."""
         cdef int code = window_check(&self.c.paths[0].win, seq, self.c.window)
         if code == FRAME_OK and not reply_matches(&self.c.paths[0].s, echo_seq, echo_ns):
             code = DROP_LATE
         if code != FRAME_OK:
             return DROP_REASONS[code]
         window_accept(&self.c.paths[0].win, seq)
-        session_reply(self.c, 0, seq, echo_seq, echo_ns, now, recv_delay)
+        session_reply(self.c, 0, seq, echo_seq, echo_ns, now)
         return "ok"
 
     def frame(self, uint64_t seq):

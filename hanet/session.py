@@ -338,9 +338,7 @@ class Session:
                 confirm = True
         return confirm
 
-    def reply(self, seq: int, echo_seq: int, echo_ns: int, now: int, recv_delay: int = 0) -> str:
-        """A reply read at ``now``, ``recv_delay`` after it arrived (the RTT is timed to the
-        arrival: a late read is no delay of the path's): "ok" or the drop reason."""
+    def reply(self, seq: int, echo_seq: int, echo_ns: int, now: int) -> str:
         code = self.win.check(seq, self.window)
         sent = self._match(echo_seq, echo_ns) if code == "ok" else None
         if code == "ok" and sent is None:
@@ -352,9 +350,7 @@ class Session:
         if not self.heard:
             self.heard = True
             self.win.close_below(seq)
-        rtt = now - sent[1] - recv_delay
-        if rtt < 0:
-            rtt = now - sent[1]  # a stamp before the send: the realtime clock stepped
+        rtt = now - sent[1]
         confirms_sent, confirm_first_ns = self.confirms_sent, self.confirm_first_ns
         self._clear_suspicion()
         self.misses = 0

@@ -234,31 +234,6 @@ def test_a_peer_that_lately_answered_slowly_gets_twice_that_before_it_is_lost(im
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_the_rtt_is_timed_to_the_replys_arrival_not_to_its_late_reading(impl):
-    # Replies that took 0.1 ms, each read 3 ms late (this thread was starved): the reply timeout
-    # and the window stay what a 0.1 ms path earns. A stamp from before the send (the realtime
-    # clock stepped) is not used.
-    s = make(impl, confirm_ns=5 * MS)
-    now, peer = 0, 5000
-    for _ in range(4):
-        s.request(now)
-        peer += 1
-        assert s.reply(peer, s.seq, s.sent_ns, now + 3_100_000, 3 * MS) == "ok"
-        now += 10 * MS
-    s.request(now)
-    assert s.deadline() == now + 250_000  # the timeout's floor: srtt + 4 rttvar is below it
-    assert confirm_until_lost(s, now) == now + 250_000 + 5 * MS
-    stepped = make(impl, confirm_ns=5 * MS)
-    now = 0
-    for k in range(4):
-        stepped.request(now)
-        assert stepped.reply(6000 + k, stepped.seq, stepped.sent_ns, now + 3 * MS, 10 * MS) == "ok"
-        now += 10 * MS
-    stepped.request(now)
-    assert stepped.deadline() > now + 3 * MS  # timed to the reading: 3 ms RTTs
-
-
-@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("heard_elsewhere_ms, lost_after_ms", [
     (None, 5),    # no other path can tell: the window alone
     (0.1, 5),     # the peer answered on another path after the silence began: this path is dead
@@ -572,13 +547,12 @@ class BothSessionsAgree(RuleBasedStateMachine):
         self.now += rtt
         self.both("reply", self.peer, seq, sent_ns, self.now)
 
-    @rule(rtt=st.integers(1_000, 12 * MS), step=st.integers(-3, 3), good=st.booleans(),
-          read_late=st.sampled_from([0, 0, 200_000, 3 * MS, 20 * MS]))
-    def reply(self, rtt, step, good, read_late):
+    @rule(rtt=st.integers(1_000, 12 * MS), step=st.integers(-3, 3), good=st.booleans())
+    def reply(self, rtt, step, good):
         self.peer = max(0, min(U64_MAX, self.peer + step))
         echo = self.py.seq if good else self.py.seq - 1
         self.now += rtt
-        self.both("reply", self.peer, echo, self.py.sent_ns, self.now, read_late)
+        self.both("reply", self.peer, echo, self.py.sent_ns, self.now)
 
     @rule(seq=st.one_of(st.integers(0, U64_MAX), st.integers(-1100, 1100)))
     def frame(self, seq):
