@@ -20,7 +20,9 @@ node b's in a child process (so it can be paused with SIGSTOP and its CPU time r
   false: 5 % random loss on every path's ingress on both nodes; both cores saturated by two busy
   processes (`python3 -c 'while True: pass'`, nice 0, under `timeout`, killed at the end); node
   b SIGSTOPped for confirm_ms - 1.5 ms (at least 1 ms; 3.5 ms when off; timed by spinning, as a
-  sleep overshoots) every 150-300 ms, then SIGCONTed (the pauses actually taken are reported).
+  sleep overshoots) every 150-300 ms, then SIGCONTed (the pauses actually taken are reported);
+  sigstop_long: the same for 15 ms, three times the 5 ms floor and half of BFD's 30 ms (a peer
+  silent on every path for longer than the window is no reason to leave a path).
 """
 from __future__ import annotations
 
@@ -50,6 +52,9 @@ from test_probe import node_config  # noqa: E402
 
 ALARMS = {model.HeartbeatLost: "lost", model.HeartbeatSuspect: "suspect",
           model.HeartbeatCleared: "cleared", model.HeartbeatRecovered: "recovered"}
+
+
+LONG_STOP_S = 0.015  # sigstop_long: past the 5 ms floor, within BFD's 3 x 10 ms
 
 
 def summary(values: list[float]) -> dict | None:
@@ -190,8 +195,11 @@ def stress(lab, a: Prober, ev_a: list, peer: Peer, kind: str, seconds: float, co
     end = time.monotonic() + seconds
     pauses = []
     try:
-        if kind == "sigstop":
-            stop_s = max(confirm_ms - 1.5, 1.0) / 1000 if confirm_ms else 0.0035
+        if kind in ("sigstop", "sigstop_long"):
+            if kind == "sigstop_long":
+                stop_s = LONG_STOP_S
+            else:
+                stop_s = max(confirm_ms - 1.5, 1.0) / 1000 if confirm_ms else 0.0035
             while time.monotonic() < end:
                 time.sleep(random.uniform(0.15, 0.3))
                 t = time.monotonic()
@@ -276,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slow-trials", type=int, default=15)
     ap.add_argument("--rest-seconds", type=float, default=20.0)
     ap.add_argument("--stress-seconds", type=float, default=60.0)
-    ap.add_argument("--stress", default="loss,cpu,sigstop")
+    ap.add_argument("--stress", default="loss,cpu,sigstop,sigstop_long")
     ap.add_argument("--confirm-ms", default="0,5")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
