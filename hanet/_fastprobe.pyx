@@ -936,11 +936,12 @@ cdef bint session_overdue(Core *c, int i, int64_t now) noexcept nogil:
 
     With confirmation probing, a path believed up turns suspect at its first overdue reply and
     is confirmed one request at a time, each waiting the RTT-based reply timeout within the
-    window (confirm_wait); it is lost once
-    ``multiplier - 1`` confirmations went unanswered and ``confirm_ms`` has passed since that
-    first overdue reply, so a peer silent for less (paused, starved) is never declared lost; and
-    the peer was heard on another path since (peer_heard_elsewhere), or BFD's detection time
-    has passed: a peer silent everywhere for longer (paused, starved) is no fault of this path."""
+    window (confirm_wait). It is lost once ``multiplier - 1`` confirmations went unanswered and
+    ``confirm_ms`` has passed since that first overdue reply, so a peer silent for less (paused,
+    starved) is never declared lost; and once the peer was heard on another path since
+    (peer_heard_elsewhere) and a confirmation sent after that went unanswered too, or BFD's
+    detection time has passed: a peer silent everywhere (paused, starved) is no fault of this
+    path."""
     cdef Session *s = &c.paths[i].s
     cdef Event *e
     s.reply_deadline = 0
