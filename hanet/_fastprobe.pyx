@@ -430,7 +430,7 @@ cdef struct Session:
     bint told               # the suspect event went out: a miss without confirmation probing,
                             # with it once a confirmation too went unanswered
     int64_t confirm_first_ns    # when the first reply of this suspicion was overdue
-    int64_t witnessed_ns        # when the peer was first known alive elsewhere in it (0: not yet)
+    int64_t witnessed_ns        # since when its silence is known to be the path's own (0: not yet)
     int64_t confirms_sent
     int64_t confirms_unanswered
     bint have_pinned
@@ -939,7 +939,7 @@ cdef bint session_overdue(Core *c, int i, int64_t now) noexcept nogil:
     window (confirm_wait). It is lost once ``multiplier - 1`` confirmations went unanswered and
     ``confirm_ms`` has passed since that first overdue reply, so a peer silent for less (paused,
     starved) is never declared lost; and once the peer was heard on another path since
-    (peer_heard_elsewhere) and a confirmation sent after that went unanswered too, or BFD's
+    (silence_owned_since) and a confirmation sent after that went unanswered too, or BFD's
     detection time has passed: a peer silent everywhere (paused, starved) is no fault of this
     path."""
     cdef Session *s = &c.paths[i].s
@@ -957,9 +957,9 @@ cdef bint session_overdue(Core *c, int i, int64_t now) noexcept nogil:
         s.confirms_unanswered += 1
         if not s.told:
             tell_suspect(c, i, now)
-    if s.witnessed_ns == 0 and peer_heard_elsewhere(c, i, s.confirm_first_ns):
-        s.witnessed_ns = now
-    # The request now unanswered must have gone after that: asked while the peer was known alive.
+    if s.witnessed_ns == 0:
+        s.witnessed_ns = silence_owned_since(c, i, s.confirm_first_ns, now)
+    # The request now unanswered must have gone after that: asked while the fault was the path's.
     if s.confirms_unanswered >= c.multiplier - 1 and now - s.confirm_first_ns >= confirm_window(c, s) \
             and (now - s.confirm_first_ns >= c.multiplier * c.interval_ns
                  or s.witnessed_ns and s.out_sent_ns >= s.witnessed_ns):
@@ -969,22 +969,23 @@ cdef bint session_overdue(Core *c, int i, int64_t now) noexcept nogil:
     return True
 
 
-cdef bint peer_heard_elsewhere(Core *c, int i, int64_t since) noexcept nogil:
-    """Whether the silence of path ``i`` since ``since`` is the path's own: a frame of the peer's
-    came after it on another path still up (one that fell silent since is no witness: the peer
-    may have stopped in between), or no other path can tell (none is up). A peer stopped or
-    starved is silent on every path at once; its silence is then no reason to leave this path
-    for another (the failover would not help), so the path is only lost after BFD's detection
-    time, multiplier x interval (see session_overdue)."""
+cdef int64_t silence_owned_since(Core *c, int i, int64_t since, int64_t now) noexcept nogil:
+    """Since when the silence of path ``i``, begun at ``since``, is known to be the path's own;
+    0: not yet. ``now`` once a frame of the peer's came after ``since`` on another path still up
+    (one that fell silent since is no witness: the peer may have stopped in between); ``since``
+    when no other path can tell (none is up). A peer stopped or starved is silent on every path
+    at once; its silence is then no reason to leave this path for another (the failover would
+    not help), so the path is only lost after BFD's detection time, multiplier x interval (see
+    session_overdue)."""
     cdef int j
     cdef bint could_tell = False
     for j in range(c.npaths):
         if j == i or c.paths[j].s.state != STATE_UP and c.paths[j].s.state != STATE_SUSPECT:
             continue
         if c.paths[j].s.state == STATE_UP and c.paths[j].s.peer_frame_ns > since:
-            return True
+            return now
         could_tell = True
-    return not could_tell
+    return 0 if could_tell else since
 
 
 cdef uint64_t session_request(Core *c, int i, int64_t now, bint confirm) noexcept nogil:
@@ -1198,7 +1199,7 @@ cdef void probe_other_paths(Core *c, int i, int64_t now) noexcept nogil:
     """Path ``i`` just turned suspect: a probe on every other path that is up and has no request
     in flight (one in flight answers as well), so that the peer's answer there, an RTT from now,
     tells a dead path (lost when its window ends) from a peer silent everywhere (see
-    peer_heard_elsewhere). An unanswered probe makes its own path suspect in turn."""
+    silence_owned_since). An unanswered probe makes its own path suspect in turn."""
     cdef int j
     cdef uint64_t seq
     for j in range(c.npaths):

@@ -205,14 +205,17 @@ class Session:
         probe loop knows every path; a session alone knows none unless told."""
         self.heard_elsewhere_ns = heard_ns
 
-    def _silence_is_the_paths(self, since: int) -> bool:
-        """The peer was heard on another path since ``since``, or no other path can tell."""
-        return self.heard_elsewhere_ns is None or self.heard_elsewhere_ns > since
+    def _silence_owned_since(self, since: int, now: int) -> int:
+        """Since when the silence begun at ``since`` is known to be the path's own (0: not yet):
+        ``since`` when no other path can tell, ``now`` once the peer was heard elsewhere after it."""
+        if self.heard_elsewhere_ns is None:
+            return since
+        return now if self.heard_elsewhere_ns > since else 0
 
     def _clear_suspicion(self) -> None:
         self.suspecting = False
         self.confirm_first_ns = self.confirms_sent = self.confirms_unanswered = 0
-        self.witnessed_ns = 0  # when the peer was first known alive elsewhere in it
+        self.witnessed_ns = 0  # since when its silence is known to be the path's own
         self.pinned: tuple[int, int, bool] | None = None
         self.recent: list[tuple[int, int, bool]] = []
 
@@ -310,9 +313,9 @@ class Session:
             self.confirms_unanswered += 1
             if not self.told:
                 self._tell_suspect(now)
-        if not self.witnessed_ns and self._silence_is_the_paths(self.confirm_first_ns):
-            self.witnessed_ns = now
-        # The request now unanswered must have gone after that: asked while the peer was known alive.
+        if not self.witnessed_ns:
+            self.witnessed_ns = self._silence_owned_since(self.confirm_first_ns, now)
+        # The request now unanswered must have gone after that: asked while the fault was the path's.
         silent_for = now - self.confirm_first_ns
         if (self.confirms_unanswered >= self.multiplier - 1 and silent_for >= self.confirm_window()
                 and (silent_for >= self.multiplier * self.interval_ns

@@ -274,6 +274,22 @@ def test_the_path_is_lost_only_once_asked_after_the_peer_was_heard_elsewhere(imp
 
 
 @pytest.mark.parametrize("impl", IMPLS)
+def test_with_no_other_path_every_question_of_the_silence_counts(impl):
+    # One path, the silence seen first in the peer's schedule, a reply timeout (6 ms) past the
+    # window's share (5 ms at multiplier 2): the one confirmation asked at its start decides when
+    # the window ends; no second question is waited for.
+    s = make(impl, confirm_ns=5 * MS, multiplier=2, reply_timeout_ns=6 * MS)
+    now = up_with_rtt(s)
+    t = peer_on_schedule(s, now)
+    first = s.deadline()
+    assert first == t + 10 * MS + 6 * MS + 10 * MS // 8  # the peer's next request overdue
+    lost_at = confirm_until_lost(s, t)
+    lost = s.drain()[-1]
+    assert isinstance(lost, model.HeartbeatLost) and lost.confirms_sent == 1
+    assert lost_at == first + 5 * MS
+
+
+@pytest.mark.parametrize("impl", IMPLS)
 def test_a_peer_stopped_for_longer_than_the_window_is_not_lost(impl):
     # The peer stops 8 ms, longer than the 5 ms floor, shorter than 30: silent on both paths.
     s = make(impl, confirm_ns=5 * MS)
