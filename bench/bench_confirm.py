@@ -196,10 +196,8 @@ def stress(lab, a: Prober, ev_a: list, peer: Peer, kind: str, seconds: float, co
     pauses = []
     try:
         if kind in ("sigstop", "sigstop_long"):
-            if kind == "sigstop_long":
-                stop_s = LONG_STOP_S
-            else:
-                stop_s = max(confirm_ms - 1.5, 1.0) / 1000 if confirm_ms else 0.0035
+            stop_s = (LONG_STOP_S if kind == "sigstop_long"
+                      else max(confirm_ms - 1.5, 1.0) / 1000 if confirm_ms else 0.0035)
             while time.monotonic() < end:
                 time.sleep(random.uniform(0.15, 0.3))
                 t = time.monotonic()

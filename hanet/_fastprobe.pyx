@@ -827,8 +827,8 @@ cdef int64_t confirm_wait(Core *c, Session *s, int64_t now) noexcept nogil:
     if t > share:
         t = share
     if now >= end:
-        # Past the window: the peer known alive elsewhere, the next unanswered question decides;
-        # else only a peer silent everywhere keeps the path, and there is no hurry.
+        # Past the window: the silence known to be the path's, the next unanswered question
+        # decides; else only a peer silent everywhere keeps the path, and there is no hurry.
         return t if s.witnessed_ns else share
     if now + t > end:
         t = end - now
@@ -959,7 +959,8 @@ cdef bint session_overdue(Core *c, int i, int64_t now) noexcept nogil:
             tell_suspect(c, i, now)
     if s.witnessed_ns == 0:
         s.witnessed_ns = silence_owned_since(c, i, s.confirm_first_ns, now)
-    # The request now unanswered must have gone after that: asked while the fault was the path's.
+    # The request now unanswered must have gone after that: asked while the fault was known to be
+    # the path's.
     if s.confirms_unanswered >= c.multiplier - 1 and now - s.confirm_first_ns >= confirm_window(c, s) \
             and (now - s.confirm_first_ns >= c.multiplier * c.interval_ns
                  or s.witnessed_ns and s.out_sent_ns >= s.witnessed_ns):
@@ -1462,7 +1463,7 @@ cdef int64_t service(Core *c) noexcept nogil:
             send_confirmation(c, i, now)
         if now >= p.next_send:
             tick(c, i)
-        if p.s.suspecting and not suspecting and c.npaths > 1:
+        if p.s.suspecting and not suspecting:
             probe_other_paths(c, i, now)
         if p.notice.left > 0 and now >= p.notice.next:
             seq = next_seq(c, now)

@@ -26,9 +26,9 @@ What a session decides:
   ``confirm_ns``, or twice the longest recent RTT if longer (the peak decays by 1/16 a reply), at
   most ``multiplier`` x ``interval``. Each confirmation waits the reply timeout, but at most the
   window's share of one of ``multiplier - 1`` and never past the window's end, so the path is
-  judged when the window ends, however the timeout has grown. A silence shorter than ``confirm_ns`` (a
-  paused or starved peer) never makes it lost, nor one shorter than twice what the peer has
-  lately taken to answer (starved, or reading behind a flood of junk).
+  judged when the window ends, however the timeout has grown. A silence shorter than
+  ``confirm_ns`` (a paused or starved peer) never makes it lost, nor one shorter than twice
+  what the peer has lately taken to answer (starved, or reading behind a flood of junk).
   Any reply of the suspicion (to the request first overdue, or to any confirmation of the last
   ``CONFIRM_RING``) clears it, so a slow reply alone never makes a path lost. And a peer silent on
   every path at once (stopped, starved) is no fault of this path, and leaving it for another
@@ -196,7 +196,7 @@ class Session:
         share = max(window // max(self.multiplier - 1, 1), REPLY_TIMEOUT_FLOOR_NS)
         end = self.confirm_first_ns + window
         wait = min(self.reply_timeout(), share)
-        if now >= end:  # the peer known alive elsewhere, the next answer decides; else no hurry
+        if now >= end:  # the silence known to be the path's, the next answer decides; else no hurry
             return wait if self.witnessed_ns else share
         return end - now if now + wait > end else wait
 
@@ -207,7 +207,8 @@ class Session:
 
     def _silence_owned_since(self, since: int, now: int) -> int:
         """Since when the silence begun at ``since`` is known to be the path's own (0: not yet):
-        ``since`` when no other path can tell, ``now`` once the peer was heard elsewhere after it."""
+        ``since`` when no other path can tell, ``now`` once the peer was heard elsewhere after
+        it."""
         if self.heard_elsewhere_ns is None:
             return since
         return now if self.heard_elsewhere_ns > since else 0
@@ -315,7 +316,8 @@ class Session:
                 self._tell_suspect(now)
         if not self.witnessed_ns:
             self.witnessed_ns = self._silence_owned_since(self.confirm_first_ns, now)
-        # The request now unanswered must have gone after that: asked while the fault was the path's.
+        # The request now unanswered must have gone after that: asked while the fault was known to
+        # be the path's.
         silent_for = now - self.confirm_first_ns
         if (self.confirms_unanswered >= self.multiplier - 1 and silent_for >= self.confirm_window()
                 and (silent_for >= self.multiplier * self.interval_ns
