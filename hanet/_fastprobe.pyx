@@ -173,6 +173,7 @@ cdef enum:
     DROP_STALE
     DROP_LATE
     DROP_UNHEARD
+    DROP_OUTDATED
     N_DROPS
     FRAME_OK = -1
 
@@ -386,6 +387,7 @@ cdef struct Event:
     int64_t replies
     int64_t active
     uint64_t peer_seq
+    bint crossed
     int64_t loss_ppm
     int64_t rtt_p50_ns
     int64_t rtt_p99_ns
@@ -480,9 +482,8 @@ cdef struct Notice:
     int left
     int active
     uint64_t id
+    uint64_t seen           # the peer's newest notice our node had acted on when it chose
     int64_t next
-    bint rx_have
-    uint64_t rx_id
 
 cdef struct Quality:
     int64_t next
@@ -526,6 +527,8 @@ cdef struct Core:
     int rt_priority         # SCHED_FIFO priority of the loop thread; 0 = normal scheduling
     int rt_error            # errno of setting it, 0 if it took (or was not asked for)
     uint64_t seq            # last sequence number used
+    uint64_t notice_sent    # id of our latest notice (0: none yet); the peer echoes what it heard
+    uint64_t notice_heard   # id of the peer's newest notice heard here
     bint seq_low_told
     bint seq_out_told
     uint64_t seq_refused    # frames not sent for want of sequence numbers
@@ -600,7 +603,8 @@ cdef object event_object(Event *e, list names):
     if k == EV_LINK_UP:
         return model.LinkUp(t_ns=e.t_ns, path=e.path, source="poll")
     if k == EV_NOTICE:
-        return model.PeerNotice(t_ns=e.t_ns, path=e.path, active=e.active, peer_seq=e.peer_seq)
+        return model.PeerNotice(t_ns=e.t_ns, path=e.path, active=e.active, peer_seq=e.peer_seq,
+                                crossed=bool(e.crossed))
     if k == EV_QUALITY:
         return model.PathQuality(t_ns=e.t_ns, path=e.path, loss_ppm=e.loss_ppm,
                                  rtt_p50_ns=e.rtt_p50_ns, rtt_p99_ns=e.rtt_p99_ns)
@@ -1309,14 +1313,18 @@ cdef void on_frame(Core *c, int i, const uint8_t *buf, ssize_t n, sockaddr_ll *f
     elif not p.s.heard:
         # A notice on a path not yet heard in this run may be a recording of an older one.
         p.n.drops[DROP_UNHEARD] += 1
-    elif not p.notice.rx_have or f.echo_seq != p.notice.rx_id:
+    elif f.echo_seq < c.notice_heard:
+        # The peer's ids grow: an older notice (overtaken on another path) says where it was.
+        p.n.drops[DROP_OUTDATED] += 1
+    elif f.echo_seq > c.notice_heard:
         # Each copy of a notice has its own seq; the notice id (echo_seq) tells copies apart.
-        p.notice.rx_have = True
-        p.notice.rx_id = f.echo_seq
+        c.notice_heard = f.echo_seq
         p.n.notices_received += 1
         e = new_event(c, EV_NOTICE, i, now)
         if e != NULL:
             e.active, e.peer_seq = f.active, f.echo_seq
+            # echo_ns: the newest of our notices the peer had acted on when it chose this one.
+            e.crossed = c.notice_sent != 0 and f.echo_ns < c.notice_sent
 
 
 cdef int receive_ring(Core *c, int i) noexcept nogil:
@@ -1468,7 +1476,8 @@ cdef int64_t service(Core *c) noexcept nogil:
         if p.notice.left > 0 and now >= p.notice.next:
             seq = next_seq(c, now)
             if seq:
-                send_frame(c, i, KIND_NOTICE, p.notice.active, seq, <uint64_t>mono_ns(), p.notice.id, 0)
+                send_frame(c, i, KIND_NOTICE, p.notice.active, seq, <uint64_t>mono_ns(), p.notice.id,
+                           p.notice.seen)
                 p.n.notices_sent += 1
             p.notice.left -= 1
             p.notice.next += NOTICE_GAP_NS
@@ -1814,7 +1823,9 @@ cdef class Engine:
         session_resume(&self.c.paths[i])
         pthread_mutex_unlock(&self.c.lock)
 
-    def send_notice(self, int i, int active):
+    def send_notice(self, int i, int active, uint64_t seen=0):
+        """Send a notice (copies NOTICE_COPIES) that our identity is on ``active``; ``seen``: the
+        peer's newest notice our node had acted on: what the peer compares with its latest."""
         cdef Path *p
         self._path(i)
         if not 0 <= active < 256:
@@ -1822,7 +1833,9 @@ cdef class Engine:
         pthread_mutex_lock(&self.c.lock)
         p = &self.c.paths[i]
         p.notice.id = next_seq(self.c, mono_ns())  # the notice's own number: copies share it
+        self.c.notice_sent = p.notice.id
         p.notice.active = active
+        p.notice.seen = seen
         p.notice.left = NOTICE_COPIES
         p.notice.next = mono_ns()
         pthread_mutex_unlock(&self.c.lock)

@@ -25,8 +25,9 @@ Invariants (tests/unit/test_machine_props.py checks them on random runs):
   through temporary locally administered MACs (``ConfigureNic.layout``).
 - I3: the two nodes settle on one path: a peer's notice is followed onto any path alive here
   (damping and quality are preferences that yield to agreement); refused only when the path is
-  not alive here, which is logged and answered with our own notice; simultaneous moves to
-  different paths resolve to the lower path index on both nodes.
+  not alive here, which is logged and answered with our own notice. Notices that crossed (each
+  sent before its sender heard the other's latest) resolve to the lower path index on both nodes,
+  however late they arrive, so the nodes never chase each other round.
 - I4: every moving state has a bounded exit: a move deadline retries the move, then gives it up.
 - The peer is not a path: paths that all fail within one detection time mean the peer (or its
   daemon) is gone, and carry no damping penalty.
@@ -177,10 +178,10 @@ class State:
     paused: tuple[int, ...] = ()
     next_action_id: int = 1
     now: int = 0
-    moved_t: int | None = None        # when this node last finished a move between two paths it decided itself
     notice_t: int | None = None       # when this node last answered a disagreement
     mac_holder: int | None = None     # the holder whose MAC layout was last put in place
     peer_active: int | None = None    # where the peer last said its identity is
+    peer_notice: int = 0              # id of the peer's newest notice acted on, echoed in ours
 
     def timer(self, name: str) -> int | None:
         return dict(self.timers).get(name)
@@ -225,8 +226,9 @@ class State:
         state = cls(name=data.get("name") or data.get("state") or STARTING, active=data.get("active"),
                     move=move, paths=tuple(paths), timers=tuple(sorted((str(k), int(v)) for k, v in timers)),
                     paused=tuple(data.get("paused") or ()), next_action_id=int(data.get("next_action_id", 1)),
-                    now=int(data.get("now", 0)), moved_t=data.get("moved_t"), notice_t=data.get("notice_t"),
-                    mac_holder=data.get("mac_holder"), peer_active=data.get("peer_active"))
+                    now=int(data.get("now", 0)), notice_t=data.get("notice_t"),
+                    mac_holder=data.get("mac_holder"), peer_active=data.get("peer_active"),
+                    peer_notice=int(data.get("peer_notice", 0)))
         if state.name not in STATES:
             state = dataclasses.replace(state, name=STARTING)
         return adapt(state, Params(paths=tuple(p.name for p in state.paths)), params)[0]
@@ -397,7 +399,7 @@ TABLE: list[Row] = [
     *_rows("peer_moved", ACTIVE + (ALL_PATHS_DOWN,),
            (None, "g_peer_agrees", None, "the peer is on our path: agreed"),
            (None, "g_peer_not_coordinated", None, "peer notice ignored: coordination off"),
-           (None, "g_simultaneous_lower_wins", "e_answer_peer", "both nodes moved at once: the lower path wins; told the peer"),
+           (None, "g_crossed_lower_wins", "e_answer_peer", "our notices crossed: the lower path wins; told the peer"),
            (FAILING_OVER, "g_peer_target_alive", "e_begin_follow", "the peer moved to a path alive here: follow"),
            (None, None, "e_answer_peer", "disagreement: the peer's path is not alive here; told the peer where we are")),
     *_rows("peer_moved", (STARTING, FAILING_OVER, FAILING_BACK), (None, None, None, "peer notice noted: busy")),
@@ -517,8 +519,8 @@ class Rules:
         self.active, self.move = s.active, s.move
         self.timers = dict(s.timers)
         self.paused = set(s.paused)
-        self.next_action_id, self.moved_t, self.notice_t, self.mac_holder, self.peer_active = (
-            s.next_action_id, s.moved_t, s.notice_t, s.mac_holder, s.peer_active)
+        self.next_action_id, self.notice_t, self.mac_holder, self.peer_active, self.peer_notice = (
+            s.next_action_id, s.notice_t, s.mac_holder, s.peer_active, s.peer_notice)
         self.now = max(s.now, event.t_ns)
         self._actions: list[m.Action] = []
         self._fired: Row | None = None
@@ -529,8 +531,8 @@ class Rules:
         return State(name=self.state, active=self.active, move=self.move if self.state in MOVING else None,
                      paths=tuple(self.paths), timers=tuple(sorted(self.timers.items())),
                      paused=tuple(sorted(self.paused)), next_action_id=self.next_action_id, now=self.now,
-                     moved_t=self.moved_t, notice_t=self.notice_t, mac_holder=self.mac_holder,
-                     peer_active=self.peer_active)
+                     notice_t=self.notice_t, mac_holder=self.mac_holder,
+                     peer_active=self.peer_active, peer_notice=self.peer_notice)
 
     def _fire_callback(self, row: Row) -> Callable:
         def fire(event: m.Event) -> None:
@@ -595,6 +597,7 @@ class Rules:
             if not 0 <= ev.active < self.n:
                 return "noted"
             self.peer_active = ev.active
+            self.peer_notice = max(self.peer_notice, ev.peer_seq)
         elif isinstance(ev, m.OperatorFailover):
             if ev.path is not None and not 0 <= ev.path < self.n:
                 return "noted"
@@ -623,7 +626,7 @@ class Rules:
         self.now = ev.t_ns if shift else self.now
         self.timers.clear()
         self.paused.clear()
-        self.moved_t = self.notice_t = None
+        self.notice_t = None
         # Timers are re-armed from the state: a path damped before the restart comes back on time.
         for i, f in enumerate(self.paths):
             if f.suppressed:
@@ -909,9 +912,10 @@ class Rules:
     def g_peer_not_coordinated(self, ev) -> bool:
         return not self.params.coordinate
 
-    def g_simultaneous_lower_wins(self, ev) -> bool:
-        recent = self.moved_t is not None and self.now - self.moved_t <= 2 * self.params.peer_window_ns
-        return (recent and self.active is not None and ev.active > self.active and self.alive(self.active)
+    def g_crossed_lower_wins(self, ev) -> bool:
+        # Crossed notices were each sent without knowledge of the other: following either would
+        # only swap the nodes round, so both apply one rule, whatever their timing.
+        return (ev.crossed and self.active is not None and ev.active > self.active and self.alive(self.active)
                 and self.state != ALL_PATHS_DOWN)
 
     def g_peer_target_alive(self, ev) -> bool:
@@ -1009,9 +1013,7 @@ class Rules:
             self._emit(m.ResumeMonitoring, path=p)
         self.paused.clear()
         if self.params.coordinate:
-            self._emit(m.SendNotice, path=target, active=target)
-        if self.move.by != "peer" and self.move.source is not None and self.move.source != target:
-            self.moved_t = self.now  # left a path by its own decision: the tie-break of simultaneous moves
+            self._emit(m.SendNotice, path=target, active=target, seen=self.peer_notice)
         for p in self.move.skip:
             if self.paths[p].present:
                 self._emit(m.DisableNic, path=p, admin_down=False)  # clearing it failed before: try again
@@ -1088,7 +1090,7 @@ class Rules:
             return
         heard = [p for p in [self.active, *range(self.n)] if self.hears_peer(p)]
         if heard:
-            self._emit(m.SendNotice, path=heard[0], active=self.active)
+            self._emit(m.SendNotice, path=heard[0], active=self.active, seen=self.peer_notice)
             self.notice_t = self.now
 
     def e_plumb_online(self) -> None:

@@ -193,11 +193,15 @@ class PathQuality(Event):
 
 @event
 class PeerNotice(Event):
-    """The peer announced (authenticated, over ``path``) that its identity now sits on ``active``."""
+    """The peer announced (authenticated, over ``path``) that its identity now sits on ``active``.
+
+    ``crossed``: the peer sent it before it had heard our latest notice, so the two notices
+    crossed on the way and neither node knew of the other's when it chose."""
     type: ClassVar[str] = "peer.notice"
     path: int = 0
     active: int = 0
     peer_seq: int = 0
+    crossed: bool = False
 
 
 @event
@@ -332,10 +336,12 @@ class MoveRoutes(Action):
 
 @action
 class SendNotice(Action):
-    """Tell the peer, over ``path``, that the identity now sits on ``active``."""
+    """Tell the peer, over ``path``, that the identity now sits on ``active``; ``seen``: the id
+    (``PeerNotice.peer_seq``) of the peer's newest notice this node had acted on, 0 if none."""
     type: ClassVar[str] = "peer.notify"
     path: int = 0
     active: int = 0
+    seen: int = 0
 
 
 @action

@@ -116,8 +116,8 @@ class Prober:
     def resume(self, path: int) -> None:
         self._engine.resume(path)
 
-    def send_notice(self, path: int, active: int) -> None:
-        self._engine.send_notice(path, active)
+    def send_notice(self, path: int, active: int, seen: int = 0) -> None:
+        self._engine.send_notice(path, active, seen)
 
     def rebind(self, path: int) -> int:
         """Reopen ``path``'s socket by interface name; returns the new ifindex."""

@@ -65,7 +65,7 @@ class Shell:
             self.timers.cancel(act.name)
         elif isinstance(act, m.SendNotice):
             try:
-                self.prober.send_notice(act.path, act.active)
+                self.prober.send_notice(act.path, act.active, act.seen)
             except OSError as exc:  # the path's NIC may be gone: the notice is best effort
                 log.error("peer notice failed path=%d error=%r", act.path, exc.strerror)
         else:

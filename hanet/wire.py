@@ -17,7 +17,8 @@ Layout (network byte order), ``FRAME_LEN`` bytes:
      20     8  seq              sender's sequence number (unsigned; +1 a frame, never wraps)
      28     8  send_ns          sender's CLOCK_MONOTONIC ns at send (unsigned)
      36     8  echo_seq         REPLY: the request's seq; NOTICE: the notice id; else 0
-     44     8  echo_ns          REPLY: the request's send_ns; else 0
+     44     8  echo_ns          REPLY: the request's send_ns; NOTICE: the id of the newest of
+                                the receiver's notices the sender had acted on (0: none); else 0
      52    16  mac              HMAC-SHA256(key, bytes 0..51) truncated to 16 bytes
 """
 from __future__ import annotations
@@ -59,4 +60,4 @@ GROUP_MAC = bytes.fromhex("0368616e6574")
 #: stateless decode's; the receiver adds the rest. Frames the kernel's socket filter refuses never
 #: reach a reason: they are counted apart ("filtered").
 DROP_REASONS = ("short", "long", "version", "auth", "kind", "node", "path", "src_mac", "replay",
-                "stale", "late", "unheard")
+                "stale", "late", "unheard", "outdated")

@@ -354,6 +354,56 @@ def test_peer_notice_is_delivered_once(pair):
     assert second.active == 0 and second.peer_seq > notice.peer_seq
 
 
+def test_a_notice_tells_whether_it_crossed_ours_and_an_overtaken_one_is_dropped(pair):
+    a, b = pair
+    t0 = time.monotonic_ns()
+    a.prober.send_notice(1, 1)
+    first = b.wait(model.PeerNotice, 1, after_ns=t0)
+    assert not first.crossed  # b had sent no notice
+    b.prober.send_notice(1, 1, first.peer_seq)
+    answer = a.wait(model.PeerNotice, 1, after_ns=t0)
+    assert not answer.crossed  # b had acted on a's latest: an answer, not a crossing
+    b.prober.send_notice(1, 1)
+    unaware = a.wait(model.PeerNotice, 1, after_ns=answer.t_ns + 1)
+    assert unaware.crossed and unaware.peer_seq > answer.peer_seq
+    b.prober.stop()  # from here b's notices are made by hand, with the key
+
+    key = a.cfg.heartbeat.key
+    seq = time.clock_gettime_ns(time.CLOCK_REALTIME)  # above all b sent: its seqs start at its start time
+    with in_netns(b.ns.name):
+        raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_HANET))
+
+    def notice(notice_id: int, seen: int, active: int = 0) -> model.PeerNotice | None:
+        nonlocal seq
+        seq += 1
+        before = a.stats(1)
+        raw.send(_ethernet(frame.encode(key, frame.Frame(
+            kind=frame.KIND_NOTICE, path=1, active=active, node_id=frame.node_id_field("beta"), seq=seq,
+            send_ns=time.monotonic_ns(), echo_seq=notice_id, echo_ns=seen)), src="02:00:00:00:0b:02"))
+        wait_for("the frame counted", lambda: sum(a.stats(1)["drops"].values()) + a.stats(1)["notices_received"]
+                 > sum(before["drops"].values()) + before["notices_received"], timeout_s=2.0)
+        a.collect()
+        return next((e for e in a.events if isinstance(e, model.PeerNotice) and e.peer_seq == notice_id), None)
+
+    with raw:
+        raw.bind(("nic4", ETH_P_HANET))
+        crossing = notice(answer.peer_seq + 10, seen=0)
+        assert crossing is not None and crossing.crossed  # sent before b had heard a's notice
+        informed = notice(answer.peer_seq + 20, seen=2**64 - 1)
+        assert informed is not None and not informed.crossed
+        outdated = a.stats(1)["drops"].get("outdated", 0)
+        assert notice(answer.peer_seq + 15, seen=2**64 - 1) is None  # overtaken by the one above
+        assert a.stats(1)["drops"]["outdated"] == outdated + 1
+        received = a.stats(1)["notices_received"]
+        seq += 1
+        raw.send(_ethernet(frame.encode(key, frame.Frame(
+            kind=frame.KIND_NOTICE, path=1, active=0, node_id=frame.node_id_field("beta"), seq=seq,
+            send_ns=time.monotonic_ns(), echo_seq=answer.peer_seq + 20, echo_ns=0)), src="02:00:00:00:0b:02"))
+        time.sleep(0.05)  # a copy of the newest: neither news nor a drop
+        assert a.stats(1)["notices_received"] == received
+        assert a.stats(1)["drops"]["outdated"] == outdated + 1
+
+
 def test_pause_suppresses_events_and_resume_starts_fresh(pair):
     a, b = pair
     a.prober.pause(0)
