@@ -165,6 +165,7 @@ class EventLogConfig:
     rotate_bytes: int = 64 * 1024 * 1024
     keep: int = 8
     on_failure: str = "continue"  # the log cannot be written: "continue" acting (degraded) or "stop"
+    wait_ms: float = 20.0         # the longest a transition waits for its fdatasync before acting
 
 
 @dataclass(frozen=True)
@@ -556,6 +557,7 @@ def _parse(doc: dict, file: str, base_dir: str, interface_exists: Callable[[str]
         rotate_bytes=el.number("rotate_bytes", d5.rotate_bytes, 4096, 1 << 40, integer=True),
         keep=el.number("keep", d5.keep, 1, 10000, integer=True),
         on_failure=el.get("on_failure", str, d5.on_failure, check=_one_of(LOG_FAILURE_POLICIES)),
+        wait_ms=float(el.number("wait_ms", d5.wait_ms, 0, 10000)),
     )
     el.done()
 

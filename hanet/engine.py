@@ -26,6 +26,7 @@ from . import model as m
 from . import operator as op
 from . import seqfloor
 from .eventlog import reader as log_reader
+from .eventlog.background import BackgroundWriter
 from .eventlog.writer import Writer
 from .fold import fold_records
 from .shell import Shell
@@ -145,7 +146,7 @@ class Engine:
                 M.Machine(M.Params.from_config(cfg)), 0, [], None)
         else:
             self.machine, self.restored_from, self.config_changes, self.last_wall = restore_machine(cfg)
-        self.writer: Writer | None = None
+        self.writer: BackgroundWriter | None = None
         self.log_error: str = ""          # why the event log cannot be written ("" = healthy)
         self.queue: collections.deque[m.Event] = collections.deque()
         self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT_TRANSITIONS)
@@ -233,9 +234,14 @@ class Engine:
     def _open_log(self) -> None:
         if self.dry_run:
             return
-        # The writer never raises on I/O: a log it cannot open starts degraded (_log_health).
-        self.writer = Writer.from_config(self.cfg.eventlog, self.cfg.node_id, params=self._params_record,
-                                         snapshot=self.machine.snapshot, on_health=self._log_health)
+        # The writer never raises on I/O: a log it cannot open starts degraded (_log_health); and
+        # it runs on a thread of its own, so a disk that does not answer holds up no failover.
+        el = self.cfg.eventlog
+        self.writer = BackgroundWriter(
+            lambda on_health: Writer.from_config(el, self.cfg.node_id, params=self._params_record,
+                                                 snapshot=self.machine.snapshot, on_health=on_health),
+            on_health=self._log_health, call_soon=self.loop.call_soon_threadsafe,
+            wait_ns=int(el.wait_ms * 1e6), durable=el.durability != "none")
 
     def _params_record(self) -> dict[str, Any]:
         """The body of a config record; the first of a run says what changed in the path list."""

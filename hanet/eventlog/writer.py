@@ -101,6 +101,7 @@ class Counters:
 
 
 OnHealth = Callable[[bool, Degradation], None]
+Stamps = tuple[int, int]
 
 
 @dataclass
@@ -136,8 +137,8 @@ class Writer:
     written when the writer opens (a daemon start); both are written at the top of every
     rotated-in file and right after every gap record, so that a replay can check again from
     there. Record numbers continue from the last record already in the log. ``ops`` (default
-    ``FileOps()``) makes the system calls. Not thread-safe: one writer per log, used from the
-    event loop.
+    ``FileOps()``) makes the system calls. Not thread-safe: one writer per log, used from one
+    thread (the daemon's is ``background.BackgroundWriter``'s, so that no disk holds it up).
 
     Records, each returning its record number ``n``: ``event(ev)``, ``transition(step, cause)``
     (fdatasync'd before it returns, unless durability is "none" or the writer is degraded),
@@ -246,29 +247,31 @@ class Writer:
         return None if failure is None else failure.snapshot()
 
     # ------------------------------------------------------------------ records
-    def event(self, event: model.Event) -> int:
+    # ``stamps``: (CLOCK_MONOTONIC, CLOCK_REALTIME) ns of when the record was made, if not now
+    # (records handed over from another thread keep the times they were made at).
+    def event(self, event: model.Event, stamps: Stamps | None = None) -> int:
         """Append an input event; returns its record number (the ``cause`` of its transition)."""
         if self._size >= self.rotate_bytes and self._failure is None:
             self._rotate()
-        return self.append(schema.EVENT, model.to_dict(event))
+        return self.append(schema.EVENT, model.to_dict(event), stamps=stamps)
 
-    def transition(self, step, cause: int) -> int:
+    def transition(self, step, cause: int, stamps: Stamps | None = None) -> int:
         """Append a machine.Step caused by record ``cause``; durable on return unless "none"."""
-        return self.append(schema.TRANSITION, schema.transition_body(step, cause), durable=True)
+        return self.append(schema.TRANSITION, schema.transition_body(step, cause), durable=True, stamps=stamps)
 
-    def config(self, params: dict[str, Any], durable: bool = False) -> int:
-        return self.append(schema.CONFIG, params, durable)
+    def config(self, params: dict[str, Any], durable: bool = False, stamps: Stamps | None = None) -> int:
+        return self.append(schema.CONFIG, params, durable, stamps)
 
     def snapshot(self, state: dict[str, Any], durable: bool = False) -> int:
         return self.append(schema.SNAPSHOT, state, durable)
 
-    def append(self, kind: str, body: Any, durable: bool = False) -> int:
+    def append(self, kind: str, body: Any, durable: bool = False, stamps: Stamps | None = None) -> int:
         """Append one record of ``kind``; fdatasync per the policy. Returns its number."""
         if self._failure is not None and not self._retry_due():
-            return self._hold(kind, body)
+            return self._hold(kind, body, stamps)
         n = self._n + 1
-        data = framing.frame(self._packb(
-            schema.record(self.node, n, self._mono_ns(), self._wall_ns(), kind, body)))
+        mono, wall = stamps or (self._mono_ns(), self._wall_ns())
+        data = framing.frame(self._packb(schema.record(self.node, n, mono, wall, kind, body)))
         self._n = n  # only once encoded: a body msgpack cannot encode leaves no gap in the numbers
         self._pending += data
         self._size += len(data)
@@ -292,11 +295,11 @@ class Writer:
             return False
         return self._recover()
 
-    def _hold(self, kind: str, body: Any) -> int:
+    def _hold(self, kind: str, body: Any, stamps: Stamps | None = None) -> int:
         """Append while degraded: keep the record if there is room, else count it lost."""
         n = self._n + 1
-        data = framing.frame(self._packb(
-            schema.record(self.node, n, self._mono_ns(), self._wall_ns(), kind, body)))
+        mono, wall = stamps or (self._mono_ns(), self._wall_ns())
+        data = framing.frame(self._packb(schema.record(self.node, n, mono, wall, kind, body)))
         self._n = n
         failure = self._failure
         if not failure.drop_from and len(self._pending) + len(data) <= self._max_pending:
@@ -307,6 +310,18 @@ class Writer:
             _add(failure.lost, n, n)
             self.counters.records_lost += 1
         return n
+
+    def note_lost(self, count: int, why: str) -> None:
+        """``count`` records were made but never reached this writer (dropped on the way): their
+        numbers are taken and listed as lost, and the gap record names them, in this place."""
+        if count <= 0:
+            return
+        if self._failure is None:
+            self._fail("hand over to", OSError(errno_names.ETIMEDOUT, why))
+            self._failure.next_retry_ns = 0  # the disk may well answer again at once
+        first, self._n = self._n + 1, self._n + count
+        _add(self._failure.lost, first, self._n)
+        self.counters.records_lost += count
 
     def _fail(self, what: str, exc: OSError) -> None:
         """Enter (or stay in) the degraded state because ``what`` failed with ``exc``."""

@@ -164,6 +164,58 @@ def test_a_full_disk_under_the_log_never_stops_a_failover(make_lab, tmp_path):
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.fixture
+def freezable_fs(tmp_path):
+    """An ext4 file system on a loop device (tmpfs cannot be frozen), mounted for the test; thawed
+    and unmounted after it, even when the test fails."""
+    import subprocess
+
+    image, mount = tmp_path / "fs.img", tmp_path / "fs"
+    mount.mkdir()
+    subprocess.run(["truncate", "-s", "16M", str(image)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", str(image)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["fsfreeze", "-u", str(mount)], capture_output=True)  # EINVAL if not frozen
+        if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount)], capture_output=True)  # still busy: detach
+
+
+def test_a_frozen_file_system_under_the_log_never_holds_up_a_failover(freezable_fs, make_lab):
+    """alpha's event log on a file system frozen mid-run (every write and fdatasync blocks, as on
+    a hung disk): alpha fails over all the same and says its log is stalled; thawed, it writes
+    every record it held, in order, and the log replays."""
+    import subprocess
+
+    from hanet import replay
+
+    lab = make_lab(start=False)
+    log_file = str(freezable_fs / "alpha.hlog")
+    with open(lab.config_path("alpha")) as fh:
+        text = fh.read()
+    with open(lab.config_path("alpha"), "w") as fh:
+        fh.write(text.replace(f'"{lab.log_path("alpha")}"', f'"{log_file}"'))
+    lab.start_daemons()
+    lab.wait_state("alpha", "Monitoring", 10)
+    subprocess.run(["fsfreeze", "-f", str(freezable_fs)], check=True)
+    try:
+        lab.fault("carrier", "primary")
+        both_on_the_alternate(lab)
+        assert "stalled" in (lab.status("alpha")["eventlog_degraded"] or ""), lab.status("alpha")
+    finally:
+        subprocess.run(["fsfreeze", "-u", str(freezable_fs)], check=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and lab.status("alpha")["eventlog_degraded"]:
+        time.sleep(0.1)
+    assert lab.status("alpha")["eventlog_degraded"] is None
+    lab.heal("primary")
+    lab.wait_state("alpha", "Monitoring", 15)
+    lab.stop_daemon("alpha")
+    assert replay.main([log_file, "--verify"]) == replay.EXIT_OK  # nothing was lost: held, not dropped
+
+
 def test_a_path_renamed_between_runs_starts_cleanly_with_a_record(make_lab):
     """The configuration changed while the daemon was down (a path removed, one added): the
     restart adapts the folded state by path name, says what changed, and never crash-loops."""
