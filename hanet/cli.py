@@ -153,10 +153,19 @@ def cmd_lab(args) -> int:
     return lab.main(args.rest)
 
 
-def _setup_logging(verbose: bool) -> None:
+LOG_FORMAT = "hanet: %(levelname)s %(message)s"
+
+
+def _setup_logging(verbose: bool, daemon: bool = False) -> None:
     # One line per event on stderr; journald adds the time and the unit.
-    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if verbose else logging.INFO,
-                        format="hanet: %(levelname)s %(message)s")
+    level = logging.DEBUG if verbose else logging.INFO
+    if daemon:  # lines go out on a thread of their own: a reader that hangs holds up nothing
+        import atexit
+
+        from .loglines import LineWriter
+        atexit.register(LineWriter(sys.stderr, level, LOG_FORMAT).stop)
+    else:
+        logging.basicConfig(stream=sys.stderr, level=level, format=LOG_FORMAT)
     logging.getLogger("transitions").setLevel(logging.WARNING)  # its per-callback INFO lines are noise
 
 
@@ -220,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         _setup_logging(verbose=False)
         return importlib.import_module(DELEGATED[argv[0]]).main(argv[1:])
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    _setup_logging(args.verbose, daemon=args.func is cmd_run)
     try:
         return args.func(args)
     except config_mod.ConfigError as exc:

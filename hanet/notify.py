@@ -31,6 +31,8 @@ class Notifier:
         try:
             # debug=True makes sdnotify raise instead of swallowing every error itself.
             self._systemd = sdnotify.SystemdNotifier(debug=True)
+            # A manager that does not read (hung) must cost a message, never the daemon's thread.
+            self._systemd.socket.setblocking(False)
         except OSError as exc:
             log.warning("sd_notify unavailable notify_socket=%s error=%s", self._socket_name, exc)
 

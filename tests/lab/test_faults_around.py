@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
 import time
 
 import pytest
@@ -214,6 +215,43 @@ def test_a_frozen_file_system_under_the_log_never_holds_up_a_failover(freezable_
     lab.wait_state("alpha", "Monitoring", 15)
     lab.stop_daemon("alpha")
     assert replay.main([log_file, "--verify"]) == replay.EXIT_OK  # nothing was lost: held, not dropped
+
+
+def _bytes_waiting(fd: int) -> int:
+    import fcntl
+    import struct
+    import termios
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
+def test_a_log_reader_that_stops_reading_never_holds_up_a_failover(make_lab):
+    """alpha's stderr (its log lines; journald's stream under systemd) is a pipe of one page that
+    nobody reads, as when journald hangs: alpha fails over all the same, and answers status."""
+    import fcntl
+
+    lab = make_lab(start=False)
+    path = os.path.join(lab.workdir, "alpha.stderr")
+    os.mkfifo(path)
+    reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        fcntl.fcntl(reader, 1031, 4096)  # F_SETPIPE_SZ: one page, which the first lines fill
+        lab.start_daemon("alpha")  # opens the pipe for writing
+        os.unlink(path)
+        open(path, "wb").close()  # later readers of the stderr file find a plain, empty one
+        lab.start_daemon("beta")
+        for node in ("alpha", "beta"):
+            lab.wait_state(node, "Monitoring", 15)
+        for _ in range(400):  # each reload logs a line: fill the pipe (bounded)
+            if _bytes_waiting(reader) > 4096 - 256:  # the next line no longer fits
+                break
+            os.kill(lab.pids["alpha"], signal.SIGHUP)
+            time.sleep(0.01)
+        assert _bytes_waiting(reader) > 4096 - 256
+        lab.fault("carrier", "primary")
+        both_on_the_alternate(lab)
+        assert lab.status("alpha")["state"] == "Alternate-Active"
+    finally:
+        os.close(reader)  # the daemon's next line gets EPIPE: nothing waits on it any more
 
 
 def test_a_path_renamed_between_runs_starts_cleanly_with_a_record(make_lab):

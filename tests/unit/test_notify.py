@@ -228,3 +228,13 @@ def test_watchdog_pinger_stop_ends_pings(notify_socket, notifier):
 def test_watchdog_pinger_rejects_non_positive_interval():
     with pytest.raises(ValueError):
         WatchdogPinger(Notifier(), 0)
+
+
+def test_a_manager_that_does_not_read_never_holds_up_the_daemon(notify_socket, notifier, caplog):
+    # Nobody reads notify_socket: its queue fills, and each message after that is lost, at once.
+    sending = threading.Thread(target=lambda: [notifier.status(f"Monitoring active=primary {i}")
+                                               for i in range(2000)], daemon=True)
+    sending.start()
+    sending.join(2.0)
+    assert not sending.is_alive(), "a send waited for the manager"
+    assert sum("sd_notify failed" in r.getMessage() for r in caplog.records) == 1  # once per run of failures
