@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 log = logging.getLogger("hanet")
 
@@ -24,6 +25,8 @@ MAX_SEQ = (1 << 64) - 1
 #: A floor above this (the wall clock in the year 2262) was not written by a run: reading it
 #: would start every run at the end of the space, so it is set aside as damaged.
 PLAUSIBLE_MAX = 1 << 63
+#: The longest a start waits for the floor to reach the disk.
+SAVE_WAIT_S = 2.0
 
 
 def path_for(eventlog_path: str) -> str:
@@ -47,7 +50,8 @@ def read_floor(path: str) -> int:
 
 
 def reserve(path: str, wall_ns: int) -> int:
-    """The first sequence number of this run; its block's end is durable before this returns.
+    """The first sequence number of this run; its block's end is durable before this returns
+    (or SAVE_WAIT_S has passed).
 
     A failed write is logged, not raised: heartbeats must start even on a read-only disk, and
     they then depend on the wall clock alone.
@@ -59,12 +63,25 @@ def reserve(path: str, wall_ns: int) -> int:
         log.error("seqfloor exhausted path=%s start=%d: heartbeat sequence numbers may repeat "
                   "the last run's", path, start)
         start = MAX_SEQ - BLOCK
+    # A disk that does not answer (frozen, hung) would hold the start up for as long as it lasts:
+    # past SAVE_WAIT_S the run starts as on a disk that refused, and the save lands when it can.
+    saving = threading.Thread(target=_save, args=(path, start + BLOCK), name="hanet-seqfloor", daemon=True)
+    saving.start()
+    saving.join(SAVE_WAIT_S)
+    if saving.is_alive():
+        log.error("seqfloor not saved within %.0f s path=%s: the disk does not answer; a restart "
+                  "after the wall clock steps back may start below what the peer has seen", SAVE_WAIT_S, path)
+    return start
+
+
+def _save(path: str, end: int) -> None:
+    """Write ``end`` to ``path`` durably (a new file renamed over the old one); errors are logged."""
     tmp = f"{path}.tmp"
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, f"{start + BLOCK}\n".encode("ascii"))
+            os.write(fd, f"{end}\n".encode("ascii"))
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -77,4 +94,3 @@ def reserve(path: str, wall_ns: int) -> int:
     except OSError as exc:
         log.error("seqfloor not saved path=%s error=%r: a restart after the wall clock steps back "
                   "may start below what the peer has seen", path, exc.strerror)
-    return start

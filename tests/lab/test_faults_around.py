@@ -185,9 +185,9 @@ def freezable_fs(tmp_path):
 
 
 def test_a_frozen_file_system_under_the_log_never_holds_up_a_failover(freezable_fs, make_lab):
-    """alpha's event log on a file system frozen mid-run (every write and fdatasync blocks, as on
-    a hung disk): alpha fails over all the same and says its log is stalled; thawed, it writes
-    every record it held, in order, and the log replays."""
+    """alpha starts with its event log (and sequence floor) on a frozen file system, where every
+    write and fdatasync blocks as on a hung disk: it starts, fails over all the same and says its
+    log is stalled; thawed, it writes every record it held, in order, and the log replays."""
     import subprocess
 
     from hanet import replay
@@ -198,10 +198,10 @@ def test_a_frozen_file_system_under_the_log_never_holds_up_a_failover(freezable_
         text = fh.read()
     with open(lab.config_path("alpha"), "w") as fh:
         fh.write(text.replace(f'"{lab.log_path("alpha")}"', f'"{log_file}"'))
-    lab.start_daemons()
-    lab.wait_state("alpha", "Monitoring", 10)
     subprocess.run(["fsfreeze", "-f", str(freezable_fs)], check=True)
     try:
+        lab.start_daemons()
+        lab.wait_state("alpha", "Monitoring", 10)
         lab.fault("carrier", "primary")
         both_on_the_alternate(lab)
         assert "stalled" in (lab.status("alpha")["eventlog_degraded"] or ""), lab.status("alpha")
