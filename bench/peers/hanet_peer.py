@@ -204,8 +204,11 @@ class HanetPeer(Peer):
         status = node.status()
         if not status or status.get("state") != UP_STATE:
             return False
+        # Every path, not only the primary: right after a failback the path the identity left is
+        # heard afresh (three replies), and a fault then would find no other path to tell a dead
+        # path from a stopped peer. A fault is timed from the steady state.
         paths = status.get("paths") or []
-        return bool(paths) and paths[0].get("health") == "up"
+        return bool(paths) and all(p.get("health") == "up" for p in paths)
 
     def wait_up(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
