@@ -345,6 +345,8 @@ cdef enum:
     REPLY_TIMEOUT_FLOOR_NS = 250000   # the adaptive reply timeout never goes below 250 us
     CONFIRM_RING = 16       # requests of a suspicion whose late replies still clear it
     RTT_PEAK_DECAY = 16     # the RTT peak loses 1/16 a reply: a lone slow answer counts ~16 replies
+    PEER_SLACK_DIV = 16     # the peer's next request is overdue a reply timeout and 1/16 of an
+                            # interval late: its timer's lateness; a false alarm costs one confirmation
     CARRIER_NONE = 0
     CARRIER_COUNTERS = 1    # lock-free sysfs counters, read in the loop
     CARRIER_IOCTL = 2       # ETHTOOL_GLINK (RTNL), read outside the core lock
@@ -527,7 +529,7 @@ cdef struct Core:
     int rt_priority         # SCHED_FIFO priority of the loop thread; 0 = normal scheduling
     int rt_error            # errno of setting it, 0 if it took (or was not asked for)
     uint64_t seq            # last sequence number used
-    uint64_t notice_sent    # id of our latest notice (0: none yet); the peer echoes what it heard
+    uint64_t notice_sent    # id of our latest notice (0: none yet); the peer echoes what it acted on
     uint64_t notice_heard   # id of the peer's newest notice heard here
     bint seq_low_told
     bint seq_out_told
@@ -908,7 +910,7 @@ cdef bint session_peer_request(Core *c, int i, uint64_t send_ns, int active,
     s.peer_sent_ns = send_ns
     if on:
         s.peer_heard_ns = now
-    s.peer_deadline = now + c.interval_ns + reply_timeout(c, s) + c.interval_ns // 8 if on else 0
+    s.peer_deadline = now + c.interval_ns + reply_timeout(c, s) + c.interval_ns // PEER_SLACK_DIV if on else 0
     return on
 
 

@@ -54,6 +54,7 @@ SEQ_LOW_MARK = 1 << 32
 MISSES_CAP = 1 << 30
 CONFIRM_RING = 16  # requests of a suspicion whose late replies still clear it
 RTT_PEAK_DECAY = 16  # the RTT peak loses 1/16 a reply: a lone slow answer counts ~16 replies
+PEER_SLACK_DIV = 16  # the peer's request is overdue a reply timeout and interval/16 late
 
 UNKNOWN, UP, SUSPECT, LOST = "unknown", "up", "suspect", "lost"
 
@@ -296,7 +297,7 @@ class Session:
         elif code == "ok" and self.confirm_ns > 0 and active == 0:
             on = self._on_peer_schedule(send_ns)
             self.peer_sent_ns = send_ns
-            slack = self.reply_timeout() + self.interval_ns // 8
+            slack = self.reply_timeout() + self.interval_ns // PEER_SLACK_DIV
             self.peer_deadline = now + self.interval_ns + slack if on else 0
         return code
 

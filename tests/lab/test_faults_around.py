@@ -120,6 +120,28 @@ def test_enable_waits_for_the_delay_as_the_kernel_sees_it(make_lab):
     assert (added - removed) * 1000 >= delay_ms - 1.0, (added - removed)
 
 
+def log_alpha_to(lab, log_file: str) -> None:
+    """Point alpha's event log (and its sequence floor beside it) at ``log_file``."""
+    with open(lab.config_path("alpha")) as fh:
+        text = fh.read()
+    with open(lab.config_path("alpha"), "w") as fh:
+        fh.write(text.replace(f'"{lab.log_path("alpha")}"', f'"{log_file}"'))
+
+
+def log_recovers_then_replays(lab, log_file: str) -> int:
+    """Once alpha says its log is writable again: fail back, stop alpha, and replay its log."""
+    from hanet import replay
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and lab.status("alpha")["eventlog_degraded"]:
+        time.sleep(0.1)
+    assert lab.status("alpha")["eventlog_degraded"] is None
+    lab.heal("primary")
+    lab.wait_state("alpha", "Monitoring", 15)
+    lab.stop_daemon("alpha")
+    return replay.main([log_file, "--verify"])
+
+
 def test_a_full_disk_under_the_log_never_stops_a_failover(make_lab, tmp_path):
     """alpha's event log on a 64 KiB tmpfs that is full from the start: alpha fails over all the
     same, says its log is degraded, and writes again (with a gap record) once space returns."""
@@ -142,25 +164,15 @@ def test_a_full_disk_under_the_log_never_stops_a_failover(make_lab, tmp_path):
             os.close(fd)
         lab = make_lab(start=False)
         log_file = str(mount / "alpha.hlog")
-        with open(lab.config_path("alpha")) as fh:
-            text = fh.read()
-        with open(lab.config_path("alpha"), "w") as fh:
-            fh.write(text.replace(f'"{lab.log_path("alpha")}"', f'"{log_file}"'))
+        log_alpha_to(lab, log_file)
         lab.start_daemons()
         st = lab.wait_state("alpha", "Monitoring", 10)
         assert st["eventlog_degraded"], st
         lab.fault("carrier", "primary")
         both_on_the_alternate(lab)
         filler.unlink()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and lab.status("alpha")["eventlog_degraded"]:
-            time.sleep(0.1)
-        assert lab.status("alpha")["eventlog_degraded"] is None
-        lab.heal("primary")
-        lab.wait_state("alpha", "Monitoring", 15)
-        lab.stop_daemon("alpha")
         # The gap is damage with its place, never a mismatch.
-        assert replay.main([log_file, "--verify"]) == replay.EXIT_DAMAGE
+        assert log_recovers_then_replays(lab, log_file) == replay.EXIT_DAMAGE
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
@@ -194,10 +206,7 @@ def test_a_frozen_file_system_under_the_log_never_holds_up_a_failover(freezable_
 
     lab = make_lab(start=False)
     log_file = str(freezable_fs / "alpha.hlog")
-    with open(lab.config_path("alpha")) as fh:
-        text = fh.read()
-    with open(lab.config_path("alpha"), "w") as fh:
-        fh.write(text.replace(f'"{lab.log_path("alpha")}"', f'"{log_file}"'))
+    log_alpha_to(lab, log_file)
     subprocess.run(["fsfreeze", "-f", str(freezable_fs)], check=True)
     try:
         lab.start_daemons()
@@ -207,14 +216,7 @@ def test_a_frozen_file_system_under_the_log_never_holds_up_a_failover(freezable_
         assert "stalled" in (lab.status("alpha")["eventlog_degraded"] or ""), lab.status("alpha")
     finally:
         subprocess.run(["fsfreeze", "-u", str(freezable_fs)], check=True)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and lab.status("alpha")["eventlog_degraded"]:
-        time.sleep(0.1)
-    assert lab.status("alpha")["eventlog_degraded"] is None
-    lab.heal("primary")
-    lab.wait_state("alpha", "Monitoring", 15)
-    lab.stop_daemon("alpha")
-    assert replay.main([log_file, "--verify"]) == replay.EXIT_OK  # nothing was lost: held, not dropped
+    assert log_recovers_then_replays(lab, log_file) == replay.EXIT_OK  # nothing lost: held, not dropped
 
 
 def _bytes_waiting(fd: int) -> int:
