@@ -54,7 +54,7 @@ SEQ_LOW_MARK = 1 << 32
 MISSES_CAP = 1 << 30
 CONFIRM_RING = 16  # requests of a suspicion whose late replies still clear it
 RTT_PEAK_DECAY = 16  # the RTT peak loses 1/16 a reply: a lone slow answer counts ~16 replies
-PEER_SLACK_DIV = 16  # the peer's request is overdue a reply timeout and interval/16 late
+PEER_SLACK_DIV = 8  # the peer's request is overdue a reply timeout and interval/8 late
 
 UNKNOWN, UP, SUSPECT, LOST = "unknown", "up", "suspect", "lost"
 

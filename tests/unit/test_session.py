@@ -282,7 +282,7 @@ def test_with_no_other_path_every_question_of_the_silence_counts(impl):
     now = up_with_rtt(s)
     t = peer_on_schedule(s, now)
     first = s.deadline()
-    assert first == t + 10 * MS + 6 * MS + 10 * MS // 16  # the peer's next request overdue
+    assert first == t + 10 * MS + 6 * MS + 10 * MS // 8  # the peer's next request overdue
     lost_at = confirm_until_lost(s, t)
     lost = s.drain()[-1]
     assert isinstance(lost, model.HeartbeatLost) and lost.confirms_sent == 1
@@ -380,7 +380,7 @@ def test_the_peers_schedule_turns_a_silent_path_suspect_before_our_own_request(i
     s.request(now)
     assert answer(s, now, 6001) == "ok"
     last = peer_on_schedule(s, now - 10 * MS)   # its requests at now - 5 ms and now + 5 ms
-    expected = last + 10 * MS + 250_000 + 10 * MS // 16  # an interval, the reply timeout, a sixteenth
+    expected = last + 10 * MS + 250_000 + 10 * MS // 8  # an interval, the reply timeout, an eighth
     assert s.deadline() == expected < now + 10 * MS + 250_000 + 10 * MS
     assert not s.overdue(expected - 1) and s.state == "up"
     assert s.overdue(expected) and s.state == "suspect"   # before our next request even leaves
@@ -397,7 +397,7 @@ def test_a_confirmation_on_the_peers_silence_leaves_our_request_answerable(impl)
     s = make(impl, confirm_ns=5 * MS)
     now = up_with_rtt(s)
     last = peer_on_schedule(s, now)
-    due = last + 10 * MS + 250_000 + 10 * MS // 16
+    due = last + 10 * MS + 250_000 + 10 * MS // 8
     seq, sent = s.request(due - 100_000), s.sent_ns  # ours leaves, then the peer's is overdue
     assert s.overdue(due) and s.request(due, True) > 0
     assert s.state == "suspect"
