@@ -71,6 +71,7 @@ BAD = [
     ({'mac = ""                    #': 'mac = "zz:00:00:00:00:00" #'}, "identity.mac", "not a MAC"),
     ({'policy = "auto"': 'policy = "sometimes"'}, "failback.policy", "must be one of"),
     ({'durability = "transition"': 'durability = "maybe"'}, "eventlog.durability", "must be one of"),
+    ({'wait_ms = 20 ': 'wait_ms = -1 '}, "eventlog.wait_ms", "out of range"),
     ({'"routes"]': '"routes", "mtu"]'}, "failover.carry[6]", "must be one of"),
     ({'interface = "nic3"': 'interface = "nic1"'}, "path[1].interface", "used by path[0]"),
     ({'peer = "beta"': 'peer = "alpha"'}, "node.peer", "must differ"),
