@@ -30,8 +30,8 @@ class _DroppingHandler(logging.handlers.QueueHandler):
 
 
 class LineWriter:
-    """``install(stream, level, fmt)``: the root logger's one handler; ``stop()``: write what is
-    held, for at most STOP_WAIT_S."""
+    """Made, it is the root logger's one handler, writing to ``stream`` on its own thread;
+    ``stop()`` writes what is held, for at most STOP_WAIT_S."""
 
     def __init__(self, stream: TextIO, level: int, fmt: str, max_waiting: int = MAX_WAITING):
         self._lines: queue.Queue = queue.Queue(max_waiting)

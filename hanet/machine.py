@@ -26,7 +26,7 @@ Invariants (tests/unit/test_machine_props.py checks them on random runs):
 - I3: the two nodes settle on one path: a peer's notice is followed onto any path alive here
   (damping and quality are preferences that yield to agreement); refused only when the path is
   not alive here, which is logged and answered with our own notice. Notices that crossed (each
-  sent before its sender heard the other's latest) resolve to the lower path index on both nodes,
+  sent before its sender had acted on the other's latest) resolve to the lower path index on both nodes,
   however late they arrive, so the nodes never chase each other round.
 - I4: every moving state has a bounded exit: a move deadline retries the move, then gives it up.
 - The peer is not a path: paths that all fail within one detection time mean the peer (or its

@@ -33,7 +33,8 @@ class BackgroundWriter:
     ``open_writer(on_health)`` builds the Writer (on that thread: opening a log reads and writes
     the disk). ``on_health(degraded, detail)`` is called on the daemon's thread, through
     ``call_soon`` (the event loop's ``call_soon_threadsafe``), when the log starts or stops being
-    degraded or stalled. ``durable``: whether transitions wait for their fdatasync at all.
+    degraded or stalled. ``durable``: whether transitions wait for their fdatasync at all (they
+    do not with ``wait_ns`` 0).
 
     ``event(ev)`` returns a token that ``transition(step, cause=token)`` names as its cause; no
     call waits on the disk except ``transition`` and ``config(durable=True)``, for at most
@@ -45,11 +46,12 @@ class BackgroundWriter:
                  max_queued: int = DEFAULT_MAX_QUEUED, close_wait_s: float = 2.0,
                  mono_ns: Callable[[], int] = time.monotonic_ns, wall_ns: Callable[[], int] = time.time_ns):
         self._open_writer, self._on_health, self._call_soon = open_writer, on_health, call_soon
-        self._wait_s, self._durable, self._close_wait_s = wait_ns / 1e9, durable, close_wait_s
+        # wait_ns 0: never wait, so never stalled either (the fdatasync then follows the act).
+        self._wait_s, self._durable, self._close_wait_s = wait_ns / 1e9, durable and wait_ns > 0, close_wait_s
         self._max_queued = max_queued
         self._mono_ns, self._wall_ns = mono_ns, wall_ns
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._queued = 0            # items handed over and not yet done (daemon thread's count)
+        self._queued = 0            # items handed over so far (daemon thread's count)
         self._done = 0              # items the log thread has finished (its count)
         self._dropped = 0           # records dropped since the last one that went through
         self._flush_queued = False

@@ -160,3 +160,18 @@ def test_close_gives_up_on_a_disk_that_does_not_answer(log_path):
     assert d.log.close() is False
     assert time.monotonic() - t0 < 1.0
     ops.release()
+
+
+def test_a_wait_of_zero_never_waits_and_never_reports_a_stall(log_path):
+    ops = HeldOps()
+    soon = []
+    log = BackgroundWriter(lambda on_health: Writer(log_path, "alpha", ops=ops, on_health=on_health),
+                           on_health=lambda *a: soon.append(a), call_soon=lambda fn, *a: fn(*a), wait_ns=0)
+    ops.hold()
+    t0 = time.monotonic()
+    for i in range(5):
+        log.transition(STEP, log.event(suspect(i)))
+    assert time.monotonic() - t0 < 0.5 and log.degraded is None and not soon
+    ops.release()
+    assert log.close()
+    assert [r["e"]["t_ns"] for r in records(log_path) if r["k"] == "event"] == list(range(5))
