@@ -344,6 +344,7 @@ cdef enum:
     NOTICE_GAP_NS = 2000000
     REPLY_TIMEOUT_FLOOR_NS = 250000   # the adaptive reply timeout never goes below 250 us
     CONFIRM_RING = 16       # requests of a suspicion whose late replies still clear it
+    CONFIRM_QUESTIONS = 8   # a suspicion asks at least this often within its window (confirm_wait)
     RTT_PEAK_DECAY = 16     # the RTT peak loses 1/16 a reply: a lone slow answer counts ~16 replies
     PEER_SLACK_DIV = 8      # the peer's next request is overdue a reply timeout and 1/8 of an
                             # interval late: its timer's lateness (1/16 lost more paths to 5 % loss)
@@ -819,24 +820,32 @@ cdef int64_t confirm_window(Core *c, Session *s) noexcept nogil:
 
 
 cdef int64_t confirm_wait(Core *c, Session *s, int64_t now) noexcept nogil:
-    """How long a request of a suspicion waits for its reply: the reply timeout, but short
-    enough for ``multiplier - 1`` of them to fit in the confirmation window (never under the
-    timeout's floor), and never past the window's end, where the path is judged. A reply timeout
-    grown by a few slow answers then spaces the confirmations closer; it never delays the
-    verdict past the window (the window itself grows with the slowest recent answer)."""
+    """How long a question of a suspicion waits for its answer before the next one goes.
+
+    The reply timeout, but at most the window's share of CONFIRM_QUESTIONS questions (of
+    ``multiplier - 1``, if more), never under the timeout's floor: a timeout grown by one slow
+    answer (this thread starved a moment, say) still leaves the window full of questions, so a few
+    frames lost at random never pass for a dead path. A late answer to an earlier question still
+    clears the suspicion (CONFIRM_RING). No question is judged before its wait is over: the one
+    that leaves too little room for another waits to the window's end instead, where the path is
+    judged. Past the end, the next unanswered question decides once the silence is known to be
+    the path's; else only a peer silent everywhere keeps the path, and questions go at the
+    window's share of ``multiplier - 1``: there is no hurry."""
     cdef int64_t w = confirm_window(c, s)
     cdef int64_t t = reply_timeout(c, s)
-    cdef int64_t share = w // (c.multiplier - 1 if c.multiplier > 1 else 1)
+    cdef int64_t asked = c.multiplier - 1 if c.multiplier > CONFIRM_QUESTIONS else CONFIRM_QUESTIONS
+    cdef int64_t share = w // asked
+    cdef int64_t unhurried = w // (c.multiplier - 1 if c.multiplier > 1 else 1)
     cdef int64_t end = s.confirm_first_ns + w
     if share < REPLY_TIMEOUT_FLOOR_NS:
         share = REPLY_TIMEOUT_FLOOR_NS
+    if unhurried < REPLY_TIMEOUT_FLOOR_NS:
+        unhurried = REPLY_TIMEOUT_FLOOR_NS
     if t > share:
         t = share
     if now >= end:
-        # Past the window: the silence known to be the path's, the next unanswered question
-        # decides; else only a peer silent everywhere keeps the path, and there is no hurry.
-        return t if s.witnessed_ns else share
-    if now + t > end:
+        return t if s.witnessed_ns else unhurried
+    if now + 2 * t > end and end - now > t:
         t = end - now
     return t
 

@@ -25,10 +25,13 @@ What a session decides:
   unanswered AND the confirmation window has passed since the first overdue reply:
   ``confirm_ns``, or twice the longest recent RTT if longer (the peak decays by 1/16 a reply), at
   most ``multiplier`` x ``interval``. Each confirmation waits the reply timeout, but at most the
-  window's share of one of ``multiplier - 1`` and never past the window's end, so the path is
-  judged when the window ends, however the timeout has grown. A silence shorter than
-  ``confirm_ns`` (a paused or starved peer) never makes it lost, nor one shorter than twice
-  what the peer has lately taken to answer (starved, or reading behind a flood of junk).
+  window's share of one of ``CONFIRM_QUESTIONS`` (or ``multiplier - 1``, if more), so a timeout
+  grown by one slow answer still leaves the window full of questions and a few frames lost at
+  random never pass for a dead path; none is judged before its wait is over (the one with too
+  little room after it waits to the window's end), so the path is judged when the window ends,
+  however the timeout has grown. A silence shorter than ``confirm_ns`` (a paused or starved
+  peer) never makes it lost, nor one shorter than twice what the peer has lately taken to
+  answer (starved, or reading behind a flood of junk).
   Any reply of the suspicion (to the request first overdue, or to any confirmation of the last
   ``CONFIRM_RING``) clears it, so a slow reply alone never makes a path lost. And a peer silent on
   every path at once (stopped, starved) is no fault of this path, and leaving it for another
@@ -53,6 +56,7 @@ REPLY_TIMEOUT_FLOOR_NS = 250_000
 SEQ_LOW_MARK = 1 << 32
 MISSES_CAP = 1 << 30
 CONFIRM_RING = 16  # requests of a suspicion whose late replies still clear it
+CONFIRM_QUESTIONS = 8  # a suspicion asks at least this often within its window
 RTT_PEAK_DECAY = 16  # the RTT peak loses 1/16 a reply: a lone slow answer counts ~16 replies
 PEER_SLACK_DIV = 8  # the peer's request is overdue a reply timeout and interval/8 late
 
@@ -190,16 +194,19 @@ class Session:
         return min(max(self.confirm_ns, 2 * self.rtt_peak), self.multiplier * self.interval_ns)
 
     def confirm_wait(self, now: int) -> int:
-        """How long a request of a suspicion waits: the reply timeout, at most the window's
-        share of one of ``multiplier - 1`` confirmations (never under the timeout's floor), and
-        never past the window's end, where the path is judged."""
+        """How long a question of a suspicion waits before the next goes: the reply timeout, at
+        most the window's share of CONFIRM_QUESTIONS (of ``multiplier - 1``, if more), never
+        under the timeout's floor; the question with too little room left after it waits to the
+        window's end instead; past the end, unhurried unless the silence is the path's own."""
         window = self.confirm_window()
-        share = max(window // max(self.multiplier - 1, 1), REPLY_TIMEOUT_FLOOR_NS)
+        asked = max(self.multiplier - 1, CONFIRM_QUESTIONS)
+        share = max(window // asked, REPLY_TIMEOUT_FLOOR_NS)
+        unhurried = max(window // max(self.multiplier - 1, 1), REPLY_TIMEOUT_FLOOR_NS)
         end = self.confirm_first_ns + window
         wait = min(self.reply_timeout(), share)
         if now >= end:  # the silence known to be the path's, the next answer decides; else no hurry
-            return wait if self.witnessed_ns else share
-        return end - now if now + wait > end else wait
+            return wait if self.witnessed_ns else unhurried
+        return end - now if now + 2 * wait > end and end - now > wait else wait
 
     def witness(self, heard_ns: int | None = None) -> None:
         """Another path, up, that last heard the peer at ``heard_ns`` (None: no other path). The

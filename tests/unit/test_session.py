@@ -273,20 +273,62 @@ def test_the_path_is_lost_only_once_asked_after_the_peer_was_heard_elsewhere(imp
     assert isinstance(s.drain()[-1], model.HeartbeatLost)
 
 
+def questions_until_lost(s, now, limit=200):
+    """confirm_until_lost, keeping the send time of each question."""
+    asked = []
+    for _ in range(limit):
+        now = s.deadline()
+        if not now or not s.overdue(now):
+            return now, asked
+        assert s.request(now, True) > 0
+        asked.append(now)
+    raise AssertionError("never decided")
+
+
 @pytest.mark.parametrize("impl", IMPLS)
-def test_with_no_other_path_every_question_of_the_silence_counts(impl):
-    # One path, the silence seen first in the peer's schedule, a reply timeout (6 ms) past the
-    # window's share (5 ms at multiplier 2): the one confirmation asked at its start decides when
-    # the window ends; no second question is waited for.
-    s = make(impl, confirm_ns=5 * MS, multiplier=2, reply_timeout_ns=6 * MS)
+@pytest.mark.parametrize("multiplier", [2, 3])
+def test_a_reply_timeout_grown_past_the_window_still_fills_it_with_questions(impl, multiplier):
+    # One path, the silence seen first in the peer's schedule, a reply timeout (6 ms) longer than
+    # the whole window (5 ms), as one slow answer read late leaves it. Asked only once a timeout,
+    # two frames lost at random would pass for a dead path; the window still gets its eight
+    # questions, and the path is judged when it ends.
+    s = make(impl, confirm_ns=5 * MS, multiplier=multiplier, reply_timeout_ns=6 * MS)
     now = up_with_rtt(s)
     t = peer_on_schedule(s, now)
     first = s.deadline()
     assert first == t + 10 * MS + 6 * MS + 10 * MS // 8  # the peer's next request overdue
-    lost_at = confirm_until_lost(s, t)
+    lost_at, asked = questions_until_lost(s, t)
     lost = s.drain()[-1]
-    assert isinstance(lost, model.HeartbeatLost) and lost.confirms_sent == 1
-    assert lost_at == first + 5 * MS
+    assert isinstance(lost, model.HeartbeatLost) and lost_at == first + 5 * MS
+    assert lost.confirms_sent == len(asked) == session.CONFIRM_QUESTIONS
+    gaps = [b - a for a, b in zip([first] + asked, asked + [lost_at])]
+    assert max(gaps) <= 5 * MS // session.CONFIRM_QUESTIONS
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_question_asked_late_in_the_window_gets_its_whole_wait(impl):
+    # The loop woke late (a starved host) and asks again 45 us before the window ends. That
+    # question is given its reply timeout, not the 45 us left: its answer, 150 us on, clears the
+    # path, and had it gone unanswered the path would be judged when its wait is over.
+    for answered in (True, False):
+        s = make(impl, confirm_ns=5 * MS)
+        now = up_with_rtt(s)
+        s.request(now)
+        first = s.deadline()
+        end = first + 5 * MS
+        while s.deadline() + 250_000 < end - 45_000:
+            t = s.deadline()
+            assert s.overdue(t) and s.request(t, True) > 0
+        late = end - 45_000
+        assert s.overdue(late) and s.request(late, True) > 0
+        assert s.deadline() >= late + 250_000
+        if answered:
+            assert s.reply(7000, s.seq, s.sent_ns, late + 150_000) == "ok"
+            assert s.state == "up"
+            assert [type(e) for e in s.drain()] == [model.HeartbeatSuspect, model.HeartbeatCleared]
+        else:
+            assert not s.overdue(s.deadline()) and s.state == "lost"
+            assert s.drain()[-1].t_ns == late + 250_000
 
 
 @pytest.mark.parametrize("impl", IMPLS)
