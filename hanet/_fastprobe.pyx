@@ -435,7 +435,8 @@ cdef struct Session:
     bint told               # the suspect event went out: a miss without confirmation probing,
                             # with it once a confirmation too went unanswered
     int64_t confirm_first_ns    # when the first reply of this suspicion was overdue
-    int64_t witnessed_ns        # since when its silence is known to be the path's own (0: not yet)
+    int64_t judged_ns           # when the window passed with every question unanswered (0: not yet)
+    int64_t witnessed_ns        # when the peer was first heard on another path after that
     int64_t confirms_sent
     int64_t confirms_unanswered
     bint have_pinned
@@ -819,32 +820,46 @@ cdef int64_t confirm_window(Core *c, Session *s) noexcept nogil:
     return w if w < cap else cap
 
 
-cdef int64_t confirm_wait(Core *c, Session *s, int64_t now) noexcept nogil:
-    """How long a question of a suspicion waits for its answer before the next one goes.
-
-    The reply timeout, but at most the window's share of CONFIRM_QUESTIONS questions (of
-    ``multiplier - 1``, if more), never under the timeout's floor: a timeout grown by one slow
-    answer (this thread starved a moment, say) still leaves the window full of questions, so a few
-    frames lost at random never pass for a dead path. A late answer to an earlier question still
-    clears the suspicion (CONFIRM_RING). No question is judged before its wait is over: the one
-    that leaves too little room for another waits to the window's end instead, where the path is
-    judged. Past the end, the next unanswered question decides once the silence is known to be
-    the path's; else only a peer silent everywhere keeps the path, and questions go at the
-    window's share of ``multiplier - 1``: there is no hurry."""
-    cdef int64_t w = confirm_window(c, s)
-    cdef int64_t t = reply_timeout(c, s)
-    cdef int64_t asked = c.multiplier - 1 if c.multiplier > CONFIRM_QUESTIONS else CONFIRM_QUESTIONS
+cdef int64_t confirm_share(Core *c, int64_t w) noexcept nogil:
+    """The longest a question of a suspicion waits within the window ``w``: its share of
+    CONFIRM_QUESTIONS (of ``multiplier - 1``, if more), never under the reply timeout's floor."""
+    cdef int64_t asked = c.multiplier - 1 if c.multiplier - 1 > CONFIRM_QUESTIONS else CONFIRM_QUESTIONS
     cdef int64_t share = w // asked
+    return share if share > REPLY_TIMEOUT_FLOOR_NS else REPLY_TIMEOUT_FLOOR_NS
+
+
+cdef int64_t confirms_needed(Core *c, Session *s) noexcept nogil:
+    """Unanswered questions that make a silence evidence: as many as the window holds at its
+    share (however few this thread, starved, managed to ask in it), at least ``multiplier - 1``."""
+    cdef int64_t w = confirm_window(c, s)
+    cdef int64_t n = w // confirm_share(c, w)
+    return n if n > c.multiplier - 1 else c.multiplier - 1
+
+
+cdef int64_t question_wait(Core *c, Session *s) noexcept nogil:
+    """How long a question of a suspicion waits for its answer: the reply timeout, but at most
+    the window's share (confirm_share)."""
+    cdef int64_t t = reply_timeout(c, s)
+    cdef int64_t share = confirm_share(c, confirm_window(c, s))
+    return t if t < share else share
+
+
+cdef int64_t confirm_wait(Core *c, Session *s, int64_t now) noexcept nogil:
+    """How long a question of a suspicion waits before the next one goes.
+
+    question_wait: a reply timeout grown by one slow answer (this thread starved a moment, say)
+    still leaves the window full of questions, so a few frames lost at random never pass for a
+    dead path. A late answer to an earlier question still clears the suspicion (CONFIRM_RING). No
+    question is judged before its wait is over: the one that leaves too little room for another
+    waits to the window's end instead. Once the path is judged, questions go at the window's
+    share of ``multiplier - 1`` until the peer is heard elsewhere (there is no hurry: it may be
+    stopped), then at question_wait again: the next unanswered one decides."""
+    cdef int64_t w = confirm_window(c, s)
+    cdef int64_t t = question_wait(c, s)
     cdef int64_t unhurried = w // (c.multiplier - 1 if c.multiplier > 1 else 1)
     cdef int64_t end = s.confirm_first_ns + w
-    if share < REPLY_TIMEOUT_FLOOR_NS:
-        share = REPLY_TIMEOUT_FLOOR_NS
-    if unhurried < REPLY_TIMEOUT_FLOOR_NS:
-        unhurried = REPLY_TIMEOUT_FLOOR_NS
-    if t > share:
-        t = share
-    if now >= end:
-        return t if s.witnessed_ns else unhurried
+    if s.judged_ns and not s.witnessed_ns:
+        return unhurried if unhurried > t else t
     if now + 2 * t > end and end - now > t:
         t = end - now
     return t
@@ -852,7 +867,7 @@ cdef int64_t confirm_wait(Core *c, Session *s, int64_t now) noexcept nogil:
 
 cdef void clear_suspicion(Session *s) noexcept nogil:
     s.suspecting = s.have_pinned = False
-    s.confirm_first_ns = s.confirms_sent = s.confirms_unanswered = s.witnessed_ns = 0
+    s.confirm_first_ns = s.confirms_sent = s.confirms_unanswered = s.judged_ns = s.witnessed_ns = 0
     s.nrecent = 0
 
 
@@ -950,15 +965,17 @@ cdef bint session_overdue(Core *c, int i, int64_t now) noexcept nogil:
     when a confirmation request should go at once.
 
     With confirmation probing, a path believed up turns suspect at its first overdue reply and
-    is confirmed one request at a time, each waiting the RTT-based reply timeout within the
-    window (confirm_wait). It is lost once ``multiplier - 1`` confirmations went unanswered and
-    ``confirm_ms`` has passed since that first overdue reply, so a peer silent for less (paused,
-    starved) is never declared lost; and once the peer was heard on another path since
-    (silence_owned_since) and a confirmation sent after that went unanswered too, or BFD's
-    detection time has passed: a peer silent everywhere (paused, starved) is no fault of this
-    path."""
+    is asked again and again (confirm_wait). Its silence is evidence once the window has passed
+    since that first overdue reply and the questions it holds all went unanswered
+    (confirms_needed): a peer silent for less than ``confirm_ms`` (paused, starved) never is.
+    The path is then judged (judged_ns), and lost once the peer, heard on another path still up
+    after that moment (peer_heard_elsewhere; the loop probes them at once), leaves it silent one
+    more question's wait: the peer is alive and every question here went unanswered. A peer
+    silent on every path (stopped, starved) is no fault of this path, and leaving it for another
+    would not help: it is lost only after BFD's detection time, multiplier x interval. With no
+    other path up to tell, the judgement is the verdict."""
     cdef Session *s = &c.paths[i].s
-    cdef Event *e
+    cdef int64_t silent_for
     s.reply_deadline = 0
     if c.confirm_ns == 0 or (s.state != STATE_UP and s.state != STATE_SUSPECT):
         on_miss(c, i, now)
@@ -972,36 +989,47 @@ cdef bint session_overdue(Core *c, int i, int64_t now) noexcept nogil:
         s.confirms_unanswered += 1
         if not s.told:
             tell_suspect(c, i, now)
-    if s.witnessed_ns == 0:
-        s.witnessed_ns = silence_owned_since(c, i, s.confirm_first_ns, now)
-    # The request now unanswered must have gone after that: asked while the fault was known to be
-    # the path's.
-    if s.confirms_unanswered >= c.multiplier - 1 and now - s.confirm_first_ns >= confirm_window(c, s) \
-            and (now - s.confirm_first_ns >= c.multiplier * c.interval_ns
-                 or s.witnessed_ns and s.out_sent_ns >= s.witnessed_ns):
+    silent_for = now - s.confirm_first_ns
+    if not s.judged_ns and s.confirms_unanswered >= confirms_needed(c, s) \
+            and silent_for >= confirm_window(c, s):
+        s.judged_ns = now
+    if s.judged_ns and (silent_for >= c.multiplier * c.interval_ns or not others_can_tell(c, i)
+                        or s.witnessed_ns and now - s.witnessed_ns >= question_wait(c, s)):
         lost_event(c, i, now)
         clear_suspicion(s)
         return False
     return True
 
 
-cdef int64_t silence_owned_since(Core *c, int i, int64_t since, int64_t now) noexcept nogil:
-    """Since when the silence of path ``i``, begun at ``since``, is known to be the path's own;
-    0: not yet. ``now`` once a frame of the peer's came after ``since`` on another path still up
-    (one that fell silent since is no witness: the peer may have stopped in between); ``since``
-    when no other path can tell (none is up). A peer stopped or starved is silent on every path
-    at once; its silence is then no reason to leave this path for another (the failover would
-    not help), so the path is only lost after BFD's detection time, multiplier x interval (see
-    session_overdue)."""
+cdef bint others_can_tell(Core *c, int i) noexcept nogil:
+    """Whether another path, up or suspect, could hear the peer while path ``i`` is silent."""
     cdef int j
-    cdef bint could_tell = False
     for j in range(c.npaths):
-        if j == i or c.paths[j].s.state != STATE_UP and c.paths[j].s.state != STATE_SUSPECT:
-            continue
-        if c.paths[j].s.state == STATE_UP and c.paths[j].s.peer_frame_ns > since:
-            return now
-        could_tell = True
-    return 0 if could_tell else since
+        if j != i and (c.paths[j].s.state == STATE_UP or c.paths[j].s.state == STATE_SUSPECT):
+            return True
+    return False
+
+
+cdef void peer_heard_elsewhere(Core *c, int j, int64_t arrived, int64_t now) noexcept nogil:
+    """An authenticated frame of the peer's arrived on path ``j`` at ``arrived``, read ``now``:
+    every other path judged before that is witnessed, if ``j`` is up. The peer sent the frame
+    after the questions there had reached it, so it is alive; those paths are lost if they stay
+    silent one more question's wait (a peer that just resumed answers all its paths at once, and
+    this frame may merely be the first of its answers read). A frame that came before the
+    judgement proves nothing: the peer may have stopped just after it."""
+    cdef int k
+    cdef int64_t due
+    cdef Session *s
+    if c.paths[j].s.state != STATE_UP:
+        return
+    for k in range(c.npaths):
+        s = &c.paths[k].s
+        if k != j and s.judged_ns and not s.witnessed_ns and arrived > s.judged_ns \
+                and s.state == STATE_SUSPECT:
+            s.witnessed_ns = arrived
+            due = now + question_wait(c, s)
+            if s.reply_deadline == 0 or s.reply_deadline > due:
+                s.reply_deadline = due
 
 
 cdef uint64_t session_request(Core *c, int i, int64_t now, bint confirm) noexcept nogil:
@@ -1212,10 +1240,10 @@ cdef void send_confirmation(Core *c, int i, int64_t now) noexcept nogil:
 
 
 cdef void probe_other_paths(Core *c, int i, int64_t now) noexcept nogil:
-    """Path ``i`` just turned suspect: a probe on every other path that is up and has no request
-    in flight (one in flight answers as well), so that the peer's answer there, an RTT from now,
-    tells a dead path (lost when its window ends) from a peer silent everywhere (see
-    silence_owned_since). An unanswered probe makes its own path suspect in turn."""
+    """Path ``i`` just turned suspect, or was judged: a probe on every other path that is up and
+    has no request in flight (one in flight answers as well), so that the peer's answer there, an
+    RTT from now, tells a dead path from a peer silent everywhere (see peer_heard_elsewhere). An
+    unanswered probe makes its own path suspect in turn."""
     cdef int j
     cdef uint64_t seq
     for j in range(c.npaths):
@@ -1336,6 +1364,7 @@ cdef void on_frame(Core *c, int i, const uint8_t *buf, ssize_t n, sockaddr_ll *f
             e.active, e.peer_seq = f.active, f.echo_seq
             # echo_ns: the newest of our notices the peer had acted on when it chose this one.
             e.crossed = c.notice_sent != 0 and f.echo_ns < c.notice_sent
+    peer_heard_elsewhere(c, i, p.s.peer_frame_ns, now)
 
 
 cdef int receive_ring(Core *c, int i) noexcept nogil:
@@ -1462,7 +1491,7 @@ cdef int64_t service(Core *c) noexcept nogil:
     cdef int64_t nxt, due
     cdef int i
     cdef uint64_t seq
-    cdef bint suspecting
+    cdef bint suspecting, judged
     cdef Path *p
     if now >= c.next_poll:
         poll_counters(c, now)
@@ -1472,7 +1501,7 @@ cdef int64_t service(Core *c) noexcept nogil:
     nxt = c.next_poll
     for i in range(c.npaths):
         p = &c.paths[i]
-        suspecting = p.s.suspecting
+        suspecting, judged = p.s.suspecting, p.s.judged_ns != 0
         due = session_deadline(&p.s)
         if due and now >= due and p.sock.fd >= 0:
             # A frame may be waiting unread because this thread itself was late (a busy host):
@@ -1482,7 +1511,7 @@ cdef int64_t service(Core *c) noexcept nogil:
             send_confirmation(c, i, now)
         if now >= p.next_send:
             tick(c, i)
-        if p.s.suspecting and not suspecting:
+        if p.s.suspecting and not suspecting or p.s.judged_ns and not judged:
             probe_other_paths(c, i, now)
         if p.notice.left > 0 and now >= p.notice.next:
             seq = next_seq(c, now)
@@ -1987,13 +2016,15 @@ cdef class SessionModel:
         return session_due(self.c, 0, now)
 
     def witness(self, heard_ns=None):
-        """Another path, up, that last heard the peer at ``heard_ns`` (None: no other path)."""
+        """Another path, up, that heard the peer at ``heard_ns`` (None: no other path), as the
+        loop hears a frame there then."""
         if heard_ns is None:
             self.c.npaths = 1
         else:
             self.c.npaths = 2
             self.c.paths[1].s.state = STATE_UP
             self.c.paths[1].s.peer_frame_ns = heard_ns
+            peer_heard_elsewhere(self.c, 1, heard_ns, heard_ns)
 
     def peer_request(self, uint64_t seq, uint64_t send_ns, int64_t now, int active=0):
         """A request of the peer's (already authenticated): "ok" or the drop reason."""

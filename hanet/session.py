@@ -20,24 +20,24 @@ What a session decides:
   is sent) once they are used up;
 * with confirmation probing (``confirm_ns`` > 0, heartbeat.confirm_ms), every request waits only
   the reply timeout (the RTT estimate); a path believed up whose reply is overdue turns suspect
-  and is sent a confirmation request at once, one after another (scheduled requests are not
-  sent while one waits). It is lost once ``multiplier - 1`` confirmations in a row went
-  unanswered AND the confirmation window has passed since the first overdue reply:
-  ``confirm_ns``, or twice the longest recent RTT if longer (the peak decays by 1/16 a reply), at
-  most ``multiplier`` x ``interval``. Each confirmation waits the reply timeout, but at most the
-  window's share of one of ``CONFIRM_QUESTIONS`` (or ``multiplier - 1``, if more), so a timeout
-  grown by one slow answer still leaves the window full of questions and a few frames lost at
-  random never pass for a dead path; none is judged before its wait is over (the one with too
-  little room after it waits to the window's end), so the path is judged when the window ends,
-  however the timeout has grown. A silence shorter than ``confirm_ns`` (a paused or starved
-  peer) never makes it lost, nor one shorter than twice what the peer has lately taken to
-  answer (starved, or reading behind a flood of junk).
-  Any reply of the suspicion (to the request first overdue, or to any confirmation of the last
-  ``CONFIRM_RING``) clears it, so a slow reply alone never makes a path lost. And a peer silent on
-  every path at once (stopped, starved) is no fault of this path, and leaving it for another
-  would not help: the path is lost when its window ends only if the peer was heard since on
-  another path still up (the probe loop probes them when a path turns suspect), or no other path
-  can tell; else only after BFD's detection time, ``multiplier`` x ``interval`` (``witness``);
+  and is asked again at once, one question after another (scheduled requests are not sent while
+  one waits). Each question waits the reply timeout, but at most the window's share of
+  ``CONFIRM_QUESTIONS`` (or of ``multiplier - 1``, if more), so a timeout grown by one slow
+  answer still leaves the window full of questions; none is judged before its wait is over (the
+  one with too little room after it waits to the window's end). The window is ``confirm_ns``, or
+  twice the longest recent RTT if longer (the peak decays by 1/16 a reply), at most
+  ``multiplier`` x ``interval``, from the first overdue reply. Once it has passed and the
+  questions it holds all went unanswered (``confirms_needed``: never fewer than
+  ``multiplier - 1``) the path is *judged*: a silence shorter than ``confirm_ns`` (a paused or
+  starved peer) never is, nor one shorter than twice what the peer has lately taken to answer.
+  Any reply of the suspicion (to the request first overdue, or to any question of the last
+  ``CONFIRM_RING``) clears it, so a slow reply alone never makes a path lost. A judged path is
+  lost at once when no other path can tell; else once the peer, heard on another path still up
+  after the judgement (``witness``; the probe loop probes them then), leaves it silent one more
+  question's wait: the peer is alive and ignores this path. A frame heard elsewhere before the
+  judgement proves nothing (the peer may have stopped just after it). A peer silent on every
+  path at once (stopped, starved) is no fault of this path, and leaving it for another would not
+  help: its paths are lost only after BFD's detection time, ``multiplier`` x ``interval``;
 * with confirmation probing the peer's own schedule is evidence too: once two of its requests
   came a whole number of intervals apart (by the peer's send times), the next is expected an
   interval after the last arrived, give or take the reply timeout and an eighth of the interval;
@@ -193,38 +193,49 @@ class Session:
         recent RTT if longer, never more than multiplier x interval."""
         return min(max(self.confirm_ns, 2 * self.rtt_peak), self.multiplier * self.interval_ns)
 
+    def confirm_share(self) -> int:
+        """The longest a question of a suspicion waits within the window: its share of
+        CONFIRM_QUESTIONS (of ``multiplier - 1``, if more), never under the timeout's floor."""
+        return max(self.confirm_window() // max(self.multiplier - 1, CONFIRM_QUESTIONS),
+                   REPLY_TIMEOUT_FLOOR_NS)
+
+    def confirms_needed(self) -> int:
+        """Unanswered questions that make a silence evidence: as many as the window holds at its
+        share, at least ``multiplier - 1``."""
+        return max(self.confirm_window() // self.confirm_share(), self.multiplier - 1)
+
+    def question_wait(self) -> int:
+        """How long a question of a suspicion waits: the reply timeout, at most the share."""
+        return min(self.reply_timeout(), self.confirm_share())
+
     def confirm_wait(self, now: int) -> int:
-        """How long a question of a suspicion waits before the next goes: the reply timeout, at
-        most the window's share of CONFIRM_QUESTIONS (of ``multiplier - 1``, if more), never
-        under the timeout's floor; the question with too little room left after it waits to the
-        window's end instead; past the end, unhurried unless the silence is the path's own."""
+        """How long a question of a suspicion waits before the next goes: question_wait; the
+        question with too little room left after it waits to the window's end instead; once the
+        path is judged, unhurried until the peer is heard elsewhere."""
         window = self.confirm_window()
-        asked = max(self.multiplier - 1, CONFIRM_QUESTIONS)
-        share = max(window // asked, REPLY_TIMEOUT_FLOOR_NS)
-        unhurried = max(window // max(self.multiplier - 1, 1), REPLY_TIMEOUT_FLOOR_NS)
         end = self.confirm_first_ns + window
-        wait = min(self.reply_timeout(), share)
-        if now >= end:  # the silence known to be the path's, the next answer decides; else no hurry
-            return wait if self.witnessed_ns else unhurried
+        wait = self.question_wait()
+        if self.judged_ns and not self.witnessed_ns:
+            return max(window // max(self.multiplier - 1, 1), wait)
         return end - now if now + 2 * wait > end and end - now > wait else wait
 
     def witness(self, heard_ns: int | None = None) -> None:
-        """Another path, up, that last heard the peer at ``heard_ns`` (None: no other path). The
-        probe loop knows every path; a session alone knows none unless told."""
+        """Another path, up, that heard the peer at ``heard_ns`` (None: no other path). The
+        probe loop knows every path; a session alone knows none unless told. A path judged before
+        that is lost if it stays silent one more question's wait."""
         self.heard_elsewhere_ns = heard_ns
-
-    def _silence_owned_since(self, since: int, now: int) -> int:
-        """Since when the silence begun at ``since`` is known to be the path's own (0: not yet):
-        ``since`` when no other path can tell, ``now`` once the peer was heard elsewhere after
-        it."""
-        if self.heard_elsewhere_ns is None:
-            return since
-        return now if self.heard_elsewhere_ns > since else 0
+        if (heard_ns is not None and self.judged_ns and not self.witnessed_ns
+                and heard_ns > self.judged_ns and self.state == SUSPECT):
+            self.witnessed_ns = heard_ns
+            due = heard_ns + self.question_wait()
+            if not self._deadline or self._deadline > due:
+                self._deadline = due
 
     def _clear_suspicion(self) -> None:
         self.suspecting = False
         self.confirm_first_ns = self.confirms_sent = self.confirms_unanswered = 0
-        self.witnessed_ns = 0  # since when its silence is known to be the path's own
+        self.judged_ns = 0  # when the window passed with every question unanswered
+        self.witnessed_ns = 0  # when the peer was first heard on another path after that
         self.pinned: tuple[int, int, bool] | None = None
         self.recent: list[tuple[int, int, bool]] = []
 
@@ -322,22 +333,24 @@ class Session:
             self.confirms_unanswered += 1
             if not self.told:
                 self._tell_suspect(now)
-        if not self.witnessed_ns:
-            self.witnessed_ns = self._silence_owned_since(self.confirm_first_ns, now)
-        # The request now unanswered must have gone after that: asked while the fault was known to
-        # be the path's.
         silent_for = now - self.confirm_first_ns
-        if (self.confirms_unanswered >= self.multiplier - 1 and silent_for >= self.confirm_window()
-                and (silent_for >= self.multiplier * self.interval_ns
-                     or self.witnessed_ns and self.sent_ns >= self.witnessed_ns)):
-            self.state = LOST
-            self._emit(model.HeartbeatLost(t_ns=now, path=0, misses=self.misses,
-                                           first_miss_ns=self.first_miss_ns,
-                                           confirms_sent=self.confirms_sent,
-                                           confirm_first_ns=self.confirm_first_ns))
-            self._clear_suspicion()
+        if (not self.judged_ns and self.confirms_unanswered >= self.confirms_needed()
+                and silent_for >= self.confirm_window()):
+            self.judged_ns = now
+        if self.judged_ns and (silent_for >= self.multiplier * self.interval_ns
+                               or self.heard_elsewhere_ns is None
+                               or self.witnessed_ns and now - self.witnessed_ns >= self.question_wait()):
+            self._lost(now)
             return False
         return True
+
+    def _lost(self, now: int) -> None:
+        self.state = LOST
+        self._emit(model.HeartbeatLost(t_ns=now, path=0, misses=self.misses,
+                                       first_miss_ns=self.first_miss_ns,
+                                       confirms_sent=self.confirms_sent,
+                                       confirm_first_ns=self.confirm_first_ns))
+        self._clear_suspicion()
 
     def overdue(self, now: int) -> bool:
         """Run the deadlines that have passed; True: send a confirmation request now."""
