@@ -346,8 +346,6 @@ cdef enum:
     CONFIRM_RING = 16       # requests of a suspicion whose late replies still clear it
     CONFIRM_QUESTIONS = 8   # a suspicion asks at least this often within its window (confirm_wait)
     RTT_PEAK_DECAY = 16     # the RTT peak loses 1/16 a reply: a lone slow answer counts ~16 replies
-    PEER_SLACK_DIV = 8      # the peer's next request is overdue a reply timeout and 1/8 of an
-                            # interval late: its timer's lateness (1/16 lost more paths to 5 % loss)
     CARRIER_NONE = 0
     CARRIER_COUNTERS = 1    # lock-free sysfs counters, read in the loop
     CARRIER_IOCTL = 2       # ETHTOOL_GLINK (RTNL), read outside the core lock
@@ -446,6 +444,8 @@ cdef struct Session:
     uint64_t peer_sent_ns   # the peer's send time of its last scheduled request here; 0: none
     int64_t peer_deadline   # when the peer's next scheduled request is overdue; 0: not expected
     int64_t peer_heard_ns   # when its last scheduled request arrived here
+    int64_t peer_jitter     # mean deviation of its scheduled requests' arrivals from the schedule
+                            # (RFC 6298's rttvar for the peer's timer and the path)
     int64_t peer_frame_ns   # when its last authenticated frame of any kind arrived here
     int64_t confirmed_ns    # when our last confirmation request went
     int64_t win_send_lag_max    # lag maxima since the last reply in steady state or last event
@@ -906,20 +906,43 @@ cdef bint on_peer_schedule(Core *c, uint64_t send_ns, uint64_t prev_ns) noexcept
     return r <= t // 8 or r >= t - t // 8
 
 
+cdef int64_t peer_slack(Core *c, Session *s) noexcept nogil:
+    """How late the peer's next scheduled request may arrive before the path turns suspect: four
+    times the mean deviation of its arrivals from its schedule, as a reply timeout is four RTT
+    deviations (its timer's lateness, the path's and our reading's jitter, all in one), at least
+    the reply timeout's floor and at most a quarter of the interval. A request merely later than
+    that costs one question, answered."""
+    cdef int64_t slack = 4 * s.peer_jitter
+    if slack < REPLY_TIMEOUT_FLOOR_NS:
+        slack = REPLY_TIMEOUT_FLOOR_NS
+    return slack if slack < c.interval_ns // 4 else c.interval_ns // 4
+
+
+cdef void note_peer_lateness(Core *c, Session *s, uint64_t send_ns, int64_t now) noexcept nogil:
+    """A scheduled request of the peer's, on schedule, arrived at ``now``: how far its arrival
+    strayed from an interval (or a whole number of them, by the peer's send times) after the
+    previous one's feeds peer_jitter."""
+    cdef int64_t t = c.interval_ns
+    cdef int64_t k = (<int64_t>(send_ns - s.peer_sent_ns) + t // 2) // t
+    cdef int64_t dev = now - s.peer_heard_ns - k * t
+    if dev < 0:
+        dev = -dev
+    s.peer_jitter += (dev - s.peer_jitter) // 4
+
+
 cdef bint session_peer_request(Core *c, int i, uint64_t send_ns, int active,
                                int64_t now) noexcept nogil:
     """A new authenticated request of the peer's arrived on path ``i`` at ``now``.
 
     With confirmation probing the peer's own schedule is evidence too: once its requests come
-    every interval, the next one is expected an interval later, give or take the path's reply
-    timeout and an eighth of the interval for the peer's send lateness; a silence past that turns
-    the path suspect as an overdue reply does (session_due). Half the frames a node receives
-    are the peer's requests, so a silent fault shows sooner at no cost on the wire. A
-    confirmation from the peer is off its schedule, and says the peer does not hear us: on a path
-    believed up we confirm at once too, so a one-way fault is found by both nodes as soon as by
-    the one that hears nothing; unless we sent a confirmation within the last interval, to which
-    the peer's may be the echo (two nodes would otherwise echo each other's for ever). True: this
-    request was on schedule."""
+    every interval, the next one is expected an interval later, give or take how late its
+    requests have lately strayed (peer_slack); a silence past that turns the path suspect as an
+    overdue reply does (session_due). Half the frames a node receives are the peer's requests,
+    so a silent fault shows sooner at no cost on the wire. A confirmation from the peer is off
+    its schedule, and says the peer does not hear us: on a path believed up we confirm at once
+    too, so a one-way fault is found by both nodes as soon as by the one that hears nothing;
+    unless we sent a confirmation within the last interval, to which the peer's may be the echo
+    (two nodes would otherwise echo each other's for ever). True: this request was on schedule."""
     cdef Session *s = &c.paths[i].s
     cdef bint on
     if c.confirm_ns == 0:
@@ -931,10 +954,11 @@ cdef bint session_peer_request(Core *c, int i, uint64_t send_ns, int active,
     if active != 0:
         return False  # a probe (or a mark unknown here): answered, but off the schedule
     on = on_peer_schedule(c, send_ns, s.peer_sent_ns)
-    s.peer_sent_ns = send_ns
     if on:
-        s.peer_heard_ns = now
-    s.peer_deadline = now + c.interval_ns + reply_timeout(c, s) + c.interval_ns // PEER_SLACK_DIV if on else 0
+        note_peer_lateness(c, s, send_ns, now)
+    s.peer_sent_ns = send_ns
+    s.peer_heard_ns = now
+    s.peer_deadline = now + c.interval_ns + peer_slack(c, s) if on else 0
     return on
 
 
@@ -1123,7 +1147,7 @@ cdef void session_resume(Path *p) noexcept nogil:
     p.s.state = STATE_UNKNOWN
     p.s.misses = p.s.oks = 0
     p.s.confirming = p.s.told = False
-    p.s.peer_sent_ns = p.s.peer_deadline = p.s.confirmed_ns = 0
+    p.s.peer_sent_ns = p.s.peer_deadline = p.s.confirmed_ns = p.s.peer_jitter = 0
     clear_suspicion(&p.s)
     reset_lag_window(&p.s)
 
@@ -1261,8 +1285,8 @@ cdef void align_schedule(Core *c, int i, int64_t now) noexcept nogil:
     half an interval after the peer's, so that a frame of one node or the other crosses the path
     every half interval and a silent fault shows a quarter interval after it on average, not a
     half. One node of the two aligns (the higher node id), by at most a sixteenth of an interval
-    a request: no gap between our requests grows past what the peer allows for lateness (an
-    eighth), and within a sixteenth is aligned."""
+    a request (a step later may cost a question of the peer's, answered: peer_slack), and within
+    a sixteenth is aligned."""
     cdef Path *p = &c.paths[i]
     cdef int64_t t = c.interval_ns
     cdef int64_t step = t // 16

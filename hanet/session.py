@@ -40,7 +40,9 @@ What a session decides:
   help: its paths are lost only after BFD's detection time, ``multiplier`` x ``interval``;
 * with confirmation probing the peer's own schedule is evidence too: once two of its requests
   came a whole number of intervals apart (by the peer's send times), the next is expected an
-  interval after the last arrived, give or take the reply timeout and an eighth of the interval;
+  interval after the last arrived, give or take four times how far its arrivals have lately
+  strayed from the schedule (``peer_slack``: the peer's timer and the path, as a reply timeout
+  is four RTT deviations; at least 0.25 ms, at most a quarter of the interval);
   a silence past that turns a path that is up suspect, as an overdue reply does. A confirmation
   request of the peer's (``active`` = REQUEST_CONFIRM) is off its schedule and says the peer does
   not hear us: a path that is up is then confirmed at once, unless we sent a confirmation within
@@ -58,7 +60,6 @@ MISSES_CAP = 1 << 30
 CONFIRM_RING = 16  # requests of a suspicion whose late replies still clear it
 CONFIRM_QUESTIONS = 8  # a suspicion asks at least this often within its window
 RTT_PEAK_DECAY = 16  # the RTT peak loses 1/16 a reply: a lone slow answer counts ~16 replies
-PEER_SLACK_DIV = 8  # the peer's request is overdue a reply timeout and interval/8 late
 
 UNKNOWN, UP, SUSPECT, LOST = "unknown", "up", "suspect", "lost"
 
@@ -128,6 +129,7 @@ class Session:
         self.out_seq = self.sent_ns = self._deadline = 0
         self.srtt = self.rttvar = self.rtt_peak = 0
         self.peer_sent_ns = self.peer_deadline = self.confirmed_ns = 0
+        self.peer_heard_ns = self.peer_jitter = 0  # see peer_slack()
         self.heard_elsewhere_ns: int | None = None  # see witness()
         self.win = ReplayWindow()
         self.seq_low_told = self.seq_out_told = False
@@ -303,6 +305,19 @@ class Session:
             return False
         return d % t <= t // 8 or d % t >= t - t // 8
 
+    def peer_slack(self) -> int:
+        """How late the peer's next scheduled request may arrive: four mean deviations of its
+        arrivals from the schedule, within [the timeout's floor, interval/4]."""
+        return min(max(4 * self.peer_jitter, REPLY_TIMEOUT_FLOOR_NS), self.interval_ns // 4)
+
+    def _note_peer_lateness(self, send_ns: int, now: int) -> None:
+        t = self.interval_ns
+        d = (send_ns - self.peer_sent_ns) & U64_MAX
+        if d > U64_MAX >> 1:
+            d -= 1 << 64
+        dev = abs(now - self.peer_heard_ns - (d + t // 2) // t * t)
+        self.peer_jitter += _cdiv(dev - self.peer_jitter, 4)
+
     def peer_request(self, seq: int, send_ns: int, now: int, active: int = 0) -> str:
         """A request of the peer's (already authenticated), its ``active`` mark: "ok" or the drop
         reason. A probe (or any mark but a confirmation's) is off the schedule and tells nothing."""
@@ -314,9 +329,10 @@ class Session:
                 self.peer_deadline = now
         elif code == "ok" and self.confirm_ns > 0 and active == 0:
             on = self._on_peer_schedule(send_ns)
-            self.peer_sent_ns = send_ns
-            slack = self.reply_timeout() + self.interval_ns // PEER_SLACK_DIV
-            self.peer_deadline = now + self.interval_ns + slack if on else 0
+            if on:
+                self._note_peer_lateness(send_ns, now)
+            self.peer_sent_ns, self.peer_heard_ns = send_ns, now
+            self.peer_deadline = now + self.interval_ns + self.peer_slack() if on else 0
         return code
 
     def _overdue(self, now: int) -> bool:
@@ -408,7 +424,7 @@ class Session:
         self.state = UNKNOWN
         self.misses = self.oks = 0
         self.confirming = False
-        self.peer_sent_ns = self.peer_deadline = self.confirmed_ns = 0
+        self.peer_sent_ns = self.peer_deadline = self.confirmed_ns = self.peer_jitter = 0
         self._clear_suspicion()
 
     def drain(self) -> list[model.Event]:

@@ -362,7 +362,7 @@ def test_a_reply_timeout_grown_past_the_window_still_fills_it_with_questions(imp
     now = up_with_rtt(s)
     t = peer_on_schedule(s, now)
     first = s.deadline()
-    assert first == t + 10 * MS + 6 * MS + 10 * MS // 8  # the peer's next request overdue
+    assert first == t + 10 * MS + 250_000  # the peer's next request overdue (on time so far)
     lost_at, asked = questions_until_lost(s, t)
     lost = s.drain()[-1]
     assert isinstance(lost, model.HeartbeatLost) and lost_at == first + 5 * MS
@@ -472,6 +472,33 @@ def test_the_suspect_is_told_once_a_confirmation_goes_unanswered(impl):
     assert s.deadline() < now + 11 * MS
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_the_peers_slack_is_four_times_how_far_its_requests_stray(impl):
+    # Four mean deviations of the arrivals from the schedule (the peer's timer and the path in
+    # one, averaged as RFC 6298 averages an RTT's), at least 0.25 ms, at most a quarter interval.
+    s = make(impl, confirm_ns=5 * MS)
+    now = up_with_rtt(s)
+    clock, t = 7 * 10**12, now + 5 * MS
+    assert s.peer_request(30000, clock, t) == "ok" and s.deadline() == 0   # nothing to go by yet
+    k = 0
+
+    def slack_after(lateness_us):
+        nonlocal k
+        out = []
+        for late_us in lateness_us:
+            k += 1
+            arrive = t + k * 10 * MS + late_us * 1000
+            assert s.peer_request(30000 + k, clock + k * 10 * MS, arrive) == "ok"
+            out.append(s.deadline() - arrive - 10 * MS)
+        return out
+
+    assert slack_after([0, 0]) == [250_000, 250_000]          # on time: the floor
+    jittery = slack_after([200, 0] * 8)                       # every other one 200 us late
+    assert 250_000 < jittery[-1] <= 4 * 200_000 and jittery == sorted(jittery)
+    assert slack_after([3000, 0] * 3)[-1] == 10 * MS // 4     # 3 ms late: capped at a quarter
+    assert slack_after([0] * 30)[-1] == 250_000               # on time again: back to the floor
+
+
 def peer_on_schedule(s, now, count=2, phase=5 * MS, seq=20000, peer_clock=7 * 10**12):
     """The peer's scheduled requests, one an interval, arriving ``phase`` after ours (at ``now``,
     ``now`` + 10 ms, ...); returns the arrival time of the last."""
@@ -488,7 +515,7 @@ def test_the_peers_schedule_turns_a_silent_path_suspect_before_our_own_request(i
     s.request(now)
     assert answer(s, now, 6001) == "ok"
     last = peer_on_schedule(s, now - 10 * MS)   # its requests at now - 5 ms and now + 5 ms
-    expected = last + 10 * MS + 250_000 + 10 * MS // 8  # an interval, the reply timeout, an eighth
+    expected = last + 10 * MS + 250_000  # an interval and the slack's floor: it came on time
     assert s.deadline() == expected < now + 10 * MS + 250_000 + 10 * MS
     assert not s.overdue(expected - 1) and s.state == "up"
     assert s.overdue(expected) and s.state == "suspect"   # before our next request even leaves
