@@ -375,7 +375,7 @@ class Engine:
         lag_us = (time.monotonic_ns() - ev.t_ns) / 1000
         step = self.machine.step(ev)
         if step.changed and self.writer is not None:
-            self.writer.transition(step, cause)  # durable before any action runs
+            self.writer.transition(step, cause)  # durable before any of its actions runs
         if self.exit_code:
             return step  # eventlog.on_failure = "stop": the site chose no unlogged action
         if step.changed or not isinstance(ev, (m.ActionDone,)):

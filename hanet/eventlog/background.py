@@ -37,7 +37,7 @@ class BackgroundWriter:
     do not with ``wait_ns`` 0).
 
     ``event(ev)`` returns a token that ``transition(step, cause=token)`` names as its cause; no
-    call waits on the disk except ``transition`` and ``config(durable=True)``, for at most
+    call waits on the disk except ``transition`` (one with actions) and ``config(durable=True)``, for at most
     ``wait_ns`` while the log is not stalled, and ``close()``, for at most ``close_wait_s``.
     """
 
@@ -83,8 +83,11 @@ class BackgroundWriter:
         return self._token
 
     def transition(self, step, cause: int) -> None:
-        """Hand over a transition; wait (bounded) for its fdatasync unless the log is stalled."""
-        done = threading.Event() if self._durable and self._stall is None else None
+        """Hand over a transition. One that acts waits (bounded) for its fdatasync unless the log
+        is stalled: it is on the disk before the kernel is changed. One without actions waits for
+        nothing, so an event that follows it at once (the loss after a suspicion) is not held up;
+        the next that acts waits for it too, as the log is written in order."""
+        done = threading.Event() if step.actions and self._durable and self._stall is None else None
         if self._hand_over((_TRANSITION, step, self._stamps(), cause, done)) and done is not None:
             self._wait(done)
 

@@ -118,6 +118,25 @@ def test_a_disk_that_does_not_answer_costs_a_transition_the_wait_and_loses_nothi
     assert made_at <= events[1]["mono"] < made_at + WAIT_NS
 
 
+def test_only_a_transition_that_acts_waits_for_the_disk(log_path):
+    # Monitoring -> Suspect changes nothing in the kernel: it waits for no fdatasync, so the loss
+    # that follows it at once is handled at once; the failover that acts waits for both.
+    ops = HeldOps()
+    d = Daemon(log_path, ops)
+    quiet = machine.Step(src="Monitoring", dst="Suspect", trigger="heartbeat.suspect",
+                         reason="first missed reply on the active path", active=0, actions=())
+    ops.hold()
+    t0 = time.monotonic()
+    d.log.transition(quiet, d.log.event(suspect(1)))
+    assert time.monotonic() - t0 < WAIT_NS / 1e9 / 2 and d.log.degraded is None
+    d.log.transition(STEP, d.log.event(suspect(2)))
+    assert time.monotonic() - t0 >= WAIT_NS / 1e9 and "stalled" in d.log.degraded.reason
+    ops.release()
+    d.settle(lambda: d.log.degraded is None)
+    assert d.log.close()
+    assert [r["tr"]["dst"] for r in records(log_path) if r["k"] == "transition"] == ["Suspect", "Failing-Over"]
+
+
 def test_records_beyond_the_queue_are_dropped_and_named_in_a_gap(log_path):
     ops = HeldOps()
     d = Daemon(log_path, ops, max_queued=4, durable=False)
