@@ -397,6 +397,8 @@ cdef struct Event:
     int64_t confirms_sent
     int64_t confirms_answered
     int64_t confirm_first_ns
+    int64_t judged_ns
+    int64_t witnessed_ns
 
 cdef struct PathSocket:
     int fd                  # the path's filtered AF_PACKET socket; -1 while the NIC is gone
@@ -594,7 +596,8 @@ cdef object event_object(Event *e, list names):
         return model.HeartbeatLost(t_ns=e.t_ns, path=e.path, misses=e.misses,
                                    first_miss_ns=e.first_miss_ns, send_lag_max_ns=e.send_lag_max_ns,
                                    recv_delay_max_ns=e.recv_delay_max_ns,
-                                   confirms_sent=e.confirms_sent, confirm_first_ns=e.confirm_first_ns)
+                                   confirms_sent=e.confirms_sent, confirm_first_ns=e.confirm_first_ns,
+                                   judged_ns=e.judged_ns, witnessed_ns=e.witnessed_ns)
     if k == EV_CLEARED:
         return model.HeartbeatCleared(t_ns=e.t_ns, path=e.path, rtt_ns=e.rtt_ns,
                                       confirms_sent=e.confirms_sent,
@@ -718,6 +721,7 @@ cdef void lost_event(Core *c, int i, int64_t now) noexcept nogil:
         e.misses, e.first_miss_ns = s.misses, s.first_miss_ns
         e.send_lag_max_ns, e.recv_delay_max_ns = s.win_send_lag_max, s.win_recv_delay_max
         e.confirms_sent, e.confirm_first_ns = s.confirms_sent, s.confirm_first_ns
+        e.judged_ns, e.witnessed_ns = s.judged_ns, s.witnessed_ns
     reset_lag_window(s)
 
 

@@ -118,6 +118,9 @@ class HeartbeatLost(Event):
     recv_delay_max_ns: int = 0
     confirms_sent: int = 0      # confirmation requests sent since the first overdue reply
     confirm_first_ns: int = 0   # monotonic time of the first overdue reply (0: probing off)
+    judged_ns: int = 0          # when the window had passed with every question unanswered
+    witnessed_ns: int = 0       # when the peer was heard on another path after that (0: no
+                                # other path could tell, or BFD's detection time passed)
 
 
 @event

@@ -365,7 +365,8 @@ class Session:
         self._emit(model.HeartbeatLost(t_ns=now, path=0, misses=self.misses,
                                        first_miss_ns=self.first_miss_ns,
                                        confirms_sent=self.confirms_sent,
-                                       confirm_first_ns=self.confirm_first_ns))
+                                       confirm_first_ns=self.confirm_first_ns,
+                                       judged_ns=self.judged_ns, witnessed_ns=self.witnessed_ns))
         self._clear_suspicion()
 
     def overdue(self, now: int) -> bool:

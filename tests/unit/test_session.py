@@ -269,6 +269,9 @@ def test_a_peer_silent_on_every_path_is_lost_only_after_bfds_detection_time(
     lost_at = confirm_hearing_elsewhere(s, heard)
     lost = s.drain()[-1]
     assert isinstance(lost, model.HeartbeatLost) and lost.t_ns == lost_at
+    # the record says why: judged when the window ended, and when the peer was heard elsewhere
+    assert lost.judged_ns == first + 5 * MS
+    assert lost.witnessed_ns == (heard if lost_after_ms == 5.35 else 0)
     if lost_after_ms == 30:
         # judged when the window ended, the questions since go at its share of multiplier - 1
         assert first + 30 * MS <= lost_at < first + 30 * MS + 2_500_000
