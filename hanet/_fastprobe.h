@@ -49,6 +49,7 @@
 #define HN_KIND_NOTICE 3
 #define HN_REQUEST_CONFIRM 1
 #define HN_REQUEST_PROBE 2
+#define HN_REQUEST_ECHO 3
 #define HN_NODE_ID_LEN 16
 #define HN_MAC_LEN 16
 #define HN_BODY_LEN 52

@@ -69,6 +69,7 @@ cdef extern from "_fastprobe.h" nogil:
         HN_KIND_NOTICE
         HN_REQUEST_CONFIRM
         HN_REQUEST_PROBE
+        HN_REQUEST_ECHO
         HN_NODE_ID_LEN
         HN_MAC_LEN
         HN_BODY_LEN
@@ -153,6 +154,7 @@ cdef enum:
     KIND_NOTICE = HN_KIND_NOTICE
     REQUEST_CONFIRM = HN_REQUEST_CONFIRM
     REQUEST_PROBE = HN_REQUEST_PROBE
+    REQUEST_ECHO = HN_REQUEST_ECHO
     NODE_ID_LEN = HN_NODE_ID_LEN
     MAC_LEN = HN_MAC_LEN
     BODY_LEN = HN_BODY_LEN
@@ -188,7 +190,7 @@ def _check_constants():
             "OFF_PATH": HN_OFF_PATH, "OFF_ACTIVE": HN_OFF_ACTIVE, "OFF_NODE_ID": HN_OFF_NODE_ID,
             "OFF_SEQ": HN_OFF_SEQ, "OFF_SEND_NS": HN_OFF_SEND_NS, "OFF_ECHO_SEQ": HN_OFF_ECHO_SEQ,
             "OFF_ECHO_NS": HN_OFF_ECHO_NS, "REQUEST_CONFIRM": REQUEST_CONFIRM,
-            "REQUEST_PROBE": REQUEST_PROBE}
+            "REQUEST_PROBE": REQUEST_PROBE, "REQUEST_ECHO": REQUEST_ECHO}
     wrong = {k: v for k, v in ours.items() if getattr(wire, k) != v}
     if wrong or len(wire.DROP_REASONS) != N_DROPS:
         raise ImportError(f"hanet._fastprobe was built for another frame layout: {wrong}")
@@ -449,7 +451,9 @@ cdef struct Session:
     int64_t peer_jitter     # mean deviation of its scheduled requests' arrivals from the schedule
                             # (RFC 6298's rttvar for the peer's timer and the path)
     int64_t peer_frame_ns   # when its last authenticated frame of any kind arrived here
-    int64_t confirmed_ns    # when our last confirmation request went
+    bint peer_doubts        # the peer's confirmation is why peer_deadline is now
+    bint echoing            # this suspicion began on the peer's confirmation and no question of
+                            # ours has gone unanswered yet: ours go as echoes (REQUEST_ECHO)
     int64_t win_send_lag_max    # lag maxima since the last reply in steady state or last event
     int64_t win_recv_delay_max
 
@@ -870,7 +874,7 @@ cdef int64_t confirm_wait(Core *c, Session *s, int64_t now) noexcept nogil:
 
 
 cdef void clear_suspicion(Session *s) noexcept nogil:
-    s.suspecting = s.have_pinned = False
+    s.suspecting = s.have_pinned = s.echoing = False
     s.confirm_first_ns = s.confirms_sent = s.confirms_unanswered = s.judged_ns = s.witnessed_ns = 0
     s.nrecent = 0
 
@@ -944,25 +948,27 @@ cdef bint session_peer_request(Core *c, int i, uint64_t send_ns, int active,
     overdue reply does (session_due). Half the frames a node receives are the peer's requests,
     so a silent fault shows sooner at no cost on the wire. A confirmation from the peer is off
     its schedule, and says the peer does not hear us: on a path believed up we confirm at once
-    too, so a one-way fault is found by both nodes as soon as by the one that hears nothing;
-    unless we sent a confirmation within the last interval, to which the peer's may be the echo
-    (two nodes would otherwise echo each other's for ever). True: this request was on schedule."""
+    too, so a one-way fault is found by both nodes as soon as by the one that hears nothing. Our
+    questions then go as echoes until one of them goes unanswered (our own evidence), and an
+    echo makes no one confirm: two nodes never echo each other's doubts. True: this request was
+    on schedule."""
     cdef Session *s = &c.paths[i].s
     cdef bint on
     if c.confirm_ns == 0:
         return False
     if active == REQUEST_CONFIRM:
-        if s.state == STATE_UP and (s.confirmed_ns == 0 or now - s.confirmed_ns >= c.interval_ns):
-            s.peer_deadline = now
+        if s.state == STATE_UP:
+            s.peer_deadline, s.peer_doubts = now, True
         return False
     if active != 0:
-        return False  # a probe (or a mark unknown here): answered, but off the schedule
+        return False  # an echo, a probe (or a mark unknown here): answered, off the schedule
     on = on_peer_schedule(c, send_ns, s.peer_sent_ns)
     if on:
         note_peer_lateness(c, s, send_ns, now)
     s.peer_sent_ns = send_ns
     s.peer_heard_ns = now
     s.peer_deadline = now + c.interval_ns + peer_slack(c, s) if on else 0
+    s.peer_doubts = False
     return on
 
 
@@ -984,7 +990,9 @@ cdef bint session_due(Core *c, int i, int64_t now) noexcept nogil:
         s.peer_deadline = 0
         if c.confirm_ns > 0 and s.state == STATE_UP:
             turn_suspect(c, i, now)
+            s.echoing = s.peer_doubts
             confirm = True
+        s.peer_doubts = False
     return confirm
 
 
@@ -1015,6 +1023,7 @@ cdef bint session_overdue(Core *c, int i, int64_t now) noexcept nogil:
         turn_suspect(c, i, now)
     elif s.confirming:
         s.confirms_unanswered += 1
+        s.echoing = False  # our own evidence now: our questions say we doubt
         if not s.told:
             tell_suspect(c, i, now)
     silent_for = now - s.confirm_first_ns
@@ -1083,7 +1092,6 @@ cdef uint64_t session_request(Core *c, int i, int64_t now, bint confirm) noexcep
     s.out_sent_ns = now
     if confirm:
         s.confirms_sent += 1
-        s.confirmed_ns = now
         c.paths[i].n.confirms += 1
     if s.suspecting:
         if s.nrecent == CONFIRM_RING:
@@ -1151,7 +1159,8 @@ cdef void session_resume(Path *p) noexcept nogil:
     p.s.state = STATE_UNKNOWN
     p.s.misses = p.s.oks = 0
     p.s.confirming = p.s.told = False
-    p.s.peer_sent_ns = p.s.peer_deadline = p.s.confirmed_ns = p.s.peer_jitter = 0
+    p.s.peer_sent_ns = p.s.peer_deadline = p.s.peer_jitter = 0
+    p.s.peer_doubts = False
     clear_suspicion(&p.s)
     reset_lag_window(&p.s)
 
@@ -1263,7 +1272,8 @@ cdef void send_confirmation(Core *c, int i, int64_t now) noexcept nogil:
     """A confirmation request at once, off the schedule: the path just missed a reply."""
     cdef uint64_t seq = session_request(c, i, now, True)
     if seq:
-        send_frame(c, i, KIND_REQUEST, REQUEST_CONFIRM, seq, <uint64_t>now, 0, 0)
+        send_frame(c, i, KIND_REQUEST, REQUEST_ECHO if c.paths[i].s.echoing else REQUEST_CONFIRM,
+                   seq, <uint64_t>now, 0, 0)
         c.paths[i].n.sent += 1
 
 
@@ -2091,6 +2101,11 @@ cdef class SessionModel:
     @property
     def state(self):
         return STATES[self.c.paths[0].s.state]
+
+    @property
+    def echoing(self):
+        """Our confirmations now go as echoes (REQUEST_ECHO), not doubts of our own."""
+        return bool(self.c.paths[0].s.echoing)
 
     @property
     def heard(self):

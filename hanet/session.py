@@ -45,8 +45,9 @@ What a session decides:
   is four RTT deviations; at least 0.25 ms, at most a quarter of the interval);
   a silence past that turns a path that is up suspect, as an overdue reply does. A confirmation
   request of the peer's (``active`` = REQUEST_CONFIRM) is off its schedule and says the peer does
-  not hear us: a path that is up is then confirmed at once, unless we sent a confirmation within
-  the last interval (the peer's may be its echo).
+  not hear us: a path that is up is then confirmed at once, our questions going as echoes
+  (``echoing``, REQUEST_ECHO) until one of them goes unanswered; an echo makes no one confirm,
+  so two nodes never echo each other's doubts.
 """
 from __future__ import annotations
 
@@ -128,7 +129,8 @@ class Session:
         self.first_miss_ns = 0
         self.out_seq = self.sent_ns = self._deadline = 0
         self.srtt = self.rttvar = self.rtt_peak = 0
-        self.peer_sent_ns = self.peer_deadline = self.confirmed_ns = 0
+        self.peer_sent_ns = self.peer_deadline = 0
+        self.peer_doubts = False  # the peer's confirmation is why peer_deadline is now
         self.peer_heard_ns = self.peer_jitter = 0  # see peer_slack()
         self.heard_elsewhere_ns: int | None = None  # see witness()
         self.win = ReplayWindow()
@@ -234,7 +236,9 @@ class Session:
                 self._deadline = due
 
     def _clear_suspicion(self) -> None:
-        self.suspecting = False
+        # echoing: this suspicion began on the peer's confirmation and no question of ours has
+        # gone unanswered yet, so ours go as echoes (REQUEST_ECHO), which make no one confirm.
+        self.suspecting = self.echoing = False
         self.confirm_first_ns = self.confirms_sent = self.confirms_unanswered = 0
         self.judged_ns = 0  # when the window passed with every question unanswered
         self.witnessed_ns = 0  # when the peer was first heard on another path after that
@@ -271,7 +275,6 @@ class Session:
         self.outstanding, self.confirming, self.out_seq, self.sent_ns = True, confirm, seq, now
         if confirm:
             self.confirms_sent += 1
-            self.confirmed_ns = now
         if self.suspecting:
             self.recent = (self.recent + [(seq, now, confirm)])[-CONFIRM_RING:]
         if self.suspecting:
@@ -323,16 +326,16 @@ class Session:
         reason. A probe (or any mark but a confirmation's) is off the schedule and tells nothing."""
         code = self.frame(seq)
         if code == "ok" and self.confirm_ns > 0 and active == REQUEST_CONFIRM:
-            # The peer does not hear us: confirm at once, unless it may be echoing our own.
-            echo = self.confirmed_ns != 0 and now - self.confirmed_ns < self.interval_ns
-            if self.state == UP and not echo:
-                self.peer_deadline = now
+            # The peer does not hear us: confirm at once (as echoes: see ``echoing``).
+            if self.state == UP:
+                self.peer_deadline, self.peer_doubts = now, True
         elif code == "ok" and self.confirm_ns > 0 and active == 0:
             on = self._on_peer_schedule(send_ns)
             if on:
                 self._note_peer_lateness(send_ns, now)
             self.peer_sent_ns, self.peer_heard_ns = send_ns, now
             self.peer_deadline = now + self.interval_ns + self.peer_slack() if on else 0
+            self.peer_doubts = False
         return code
 
     def _overdue(self, now: int) -> bool:
@@ -347,6 +350,7 @@ class Session:
             self._turn_suspect(now)
         elif self.confirming:
             self.confirms_unanswered += 1
+            self.echoing = False  # our own evidence now: our questions say we doubt
             if not self.told:
                 self._tell_suspect(now)
         silent_for = now - self.confirm_first_ns
@@ -378,7 +382,9 @@ class Session:
             self.peer_deadline = 0
             if self.confirm_ns > 0 and self.state == UP:
                 self._turn_suspect(now)
+                self.echoing = self.peer_doubts
                 confirm = True
+            self.peer_doubts = False
         return confirm
 
     def reply(self, seq: int, echo_seq: int, echo_ns: int, now: int) -> str:
@@ -425,7 +431,8 @@ class Session:
         self.state = UNKNOWN
         self.misses = self.oks = 0
         self.confirming = False
-        self.peer_sent_ns = self.peer_deadline = self.confirmed_ns = self.peer_jitter = 0
+        self.peer_sent_ns = self.peer_deadline = self.peer_jitter = 0
+        self.peer_doubts = False
         self._clear_suspicion()
 
     def drain(self) -> list[model.Event]:

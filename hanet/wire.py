@@ -11,7 +11,8 @@ Layout (network byte order), ``FRAME_LEN`` bytes:
       2     1  path             sender's path index (both nodes list paths in the same order)
       3     1  active           NOTICE: path index the sender's identity now sits on;
                                 REQUEST: REQUEST_CONFIRM for a confirmation (sent off the
-                                schedule), REQUEST_PROBE for a probe (likewise), else 0;
+                                schedule), REQUEST_ECHO for one asked on the peer's word,
+                                REQUEST_PROBE for a probe (likewise), else 0;
                                 REPLY: 0
       4    16  node_id          sender's node id, UTF-8, zero padded
      20     8  seq              sender's sequence number (unsigned; +1 a frame, never wraps)
@@ -33,6 +34,10 @@ REQUEST_CONFIRM = 1
 #: A request's ``active`` byte: a probe, off the schedule, sent on a path that is well to learn
 #: whether the peer is alive while another path is silent. Answered like any request.
 REQUEST_PROBE = 2
+#: A request's ``active`` byte: a confirmation asked only because the peer's own confirmation said
+#: it does not hear us (no question of ours has gone unanswered yet). It never makes the peer
+#: confirm in turn, so two nodes never echo each other's doubts.
+REQUEST_ECHO = 3
 
 NODE_ID_LEN = 16
 MAC_LEN = 16

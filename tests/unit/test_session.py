@@ -579,18 +579,23 @@ def test_a_confirmation_from_the_peer_makes_us_confirm_at_once(impl):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_a_confirmation_from_the_peer_soon_after_ours_is_not_echoed(impl):
-    # Two nodes must not echo each other's confirmations for ever: the peer's, within an interval
-    # of ours, may be its answer to our doubt, not a doubt of its own.
+def test_questions_asked_on_the_peers_word_are_echoes_and_echoes_are_not_echoed(impl):
+    # Two nodes must not echo each other's doubts for ever. The questions we ask because the
+    # peer's confirmation said it does not hear us go as echoes, until one of ours goes
+    # unanswered (then the doubt is ours); an echo makes no one confirm. A doubt of the peer's
+    # own is always taken up at once, even just after ours.
     s = make(impl, confirm_ns=5 * MS)
     now = up_with_rtt(s)
     questioned(s, now)
-    assert answer(s, now + 250_000, 6000) == "ok" and s.state == "up"   # our doubt, answered
-    assert s.peer_request(20000, 7 * 10**12, now + 400_000, True) == "ok"  # the peer's echo
+    assert not s.echoing                                                 # our own doubt
+    assert answer(s, now + 250_000, 6000) == "ok" and s.state == "up"
+    t = now + 400_000
+    assert s.peer_request(20000, 7 * 10**12, t, wire.REQUEST_ECHO) == "ok"  # its echo: nothing
     assert s.deadline() == 0
-    later = now + 250_000 + 10 * MS
-    assert s.peer_request(20001, 7 * 10**12 + 10 * MS, later, True) == "ok"  # a doubt of its own
-    assert s.deadline() == later
+    assert s.peer_request(20001, 7 * 10**12 + MS, t + MS, wire.REQUEST_CONFIRM) == "ok"
+    assert s.deadline() == t + MS                                        # its own doubt
+    assert s.overdue(t + MS) and s.echoing and s.request(t + MS, True) > 0
+    assert s.overdue(s.deadline()) and not s.echoing                    # unanswered: ours now
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -716,7 +721,7 @@ class BothSessionsAgree(RuleBasedStateMachine):
 
     @rule(dt=st.integers(0, 12 * MS), step=st.integers(-2, 3),
           gap=st.sampled_from([10 * MS, 10 * MS + 900_000, 20 * MS - 1_000_000, 13 * MS, 5 * MS]),
-          active=st.sampled_from([0, 0, wire.REQUEST_CONFIRM, wire.REQUEST_PROBE, 7]))
+          active=st.sampled_from([0, 0, wire.REQUEST_CONFIRM, wire.REQUEST_ECHO, wire.REQUEST_PROBE, 7]))
     def peer_request(self, dt, step, gap, active):
         self.now += dt
         self.peer = max(0, min(U64_MAX, self.peer + step))
@@ -739,8 +744,8 @@ class BothSessionsAgree(RuleBasedStateMachine):
     @invariant()
     def same_state(self):
         if hasattr(self, "py"):
-            assert (self.py.state, self.py.heard, self.py.seq, self.py.deadline()) == \
-                   (self.c.state, self.c.heard, self.c.seq, self.c.deadline())
+            assert (self.py.state, self.py.heard, self.py.seq, self.py.deadline(), self.py.echoing) == \
+                   (self.c.state, self.c.heard, self.c.seq, self.c.deadline(), self.c.echoing)
             assert self.py.drain() == self.c.drain()
 
 
