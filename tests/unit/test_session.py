@@ -280,19 +280,29 @@ def test_a_peer_silent_on_every_path_is_lost_only_after_bfds_detection_time(
         assert lost_at == first + int(lost_after_ms * MS)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-def test_a_peer_heard_elsewhere_just_before_the_judgement_proves_nothing(impl):
-    # The peer is heard on the other path 0.1 ms before the window ends, then stops: its silence
-    # here may be its own, so the path is not lost then; heard again after the judgement, it is,
-    # once this path stays silent one more question's wait.
+def silent_through_the_window(impl, to_the_end=True):
+    """A path up, another path that heard the peer, then silence: every question of the 5 ms
+    window asked and unanswered (the one at its end too, unless ``to_the_end`` is False).
+    Returns the session, the window's end and the questions (seq, send time)."""
     s = make(impl, confirm_ns=5 * MS)
     now = up_with_rtt(s)
     s.witness(now)
     s.request(now)
     end = s.deadline() + 5 * MS
-    while s.deadline() < end:
+    asked = []
+    while s.deadline() < end or to_the_end and s.deadline() == end:
         t = s.deadline()
         assert s.overdue(t) and s.request(t, True) > 0
+        asked.append((s.seq, s.sent_ns))
+    return s, end, asked
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_peer_heard_elsewhere_just_before_the_judgement_proves_nothing(impl):
+    # The peer is heard on the other path 0.1 ms before the window ends, then stops: its silence
+    # here may be its own, so the path is not lost then; heard again after the judgement, it is,
+    # once this path stays silent one more question's wait.
+    s, end, _ = silent_through_the_window(impl, to_the_end=False)
     s.witness(end - 100_000)
     assert s.deadline() == end and s.overdue(end) and s.request(end, True) > 0
     assert s.state == "suspect"
@@ -306,14 +316,7 @@ def test_a_peer_heard_elsewhere_just_before_the_judgement_proves_nothing(impl):
 def test_a_peer_that_resumes_answers_every_path_before_any_is_lost(impl):
     # The peer stopped for longer than the window: both paths judged. It resumes, and its answer
     # on the other path is read first; this path's answer, read 30 us later, still clears it.
-    s = make(impl, confirm_ns=5 * MS)
-    now = up_with_rtt(s)
-    s.witness(now)
-    s.request(now)
-    end = s.deadline() + 5 * MS
-    while s.deadline() <= end:
-        t = s.deadline()
-        assert s.overdue(t) and s.request(t, True) > 0
+    s, end, _ = silent_through_the_window(impl)
     resumed = end + 2 * MS
     s.witness(resumed)
     assert s.state == "suspect"
@@ -325,16 +328,7 @@ def test_a_late_answer_after_the_judgement_still_clears_the_path(impl):
     # Judged (window over, every question unanswered) but the peer not yet heard elsewhere: a
     # late answer to one of the questions clears the path; the peer heard elsewhere then changes
     # nothing.
-    s = make(impl, confirm_ns=5 * MS)
-    now = up_with_rtt(s)
-    s.witness(now)
-    s.request(now)
-    end = s.deadline() + 5 * MS
-    asked = []
-    while s.deadline() <= end:
-        t = s.deadline()
-        assert s.overdue(t) and s.request(t, True) > 0
-        asked.append((s.seq, s.sent_ns))
+    s, end, asked = silent_through_the_window(impl)
     seq, sent = asked[-3]
     assert s.reply(8000, seq, sent, end + 100_000) == "ok" and s.state == "up"
     s.witness(end + 200_000)
