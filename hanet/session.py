@@ -299,11 +299,14 @@ class Session:
         self.state = SUSPECT
         self.told = False
 
+    def _since_last_request(self, send_ns: int) -> int:
+        """The peer's clock from its last scheduled request here to ``send_ns`` (wraps as C's)."""
+        d = (send_ns - self.peer_sent_ns) & U64_MAX
+        return d - (1 << 64) if d > U64_MAX >> 1 else d
+
     def _on_peer_schedule(self, send_ns: int) -> bool:
         t, prev = self.interval_ns, self.peer_sent_ns
-        d = (send_ns - prev) & U64_MAX
-        if d > U64_MAX >> 1:
-            d -= 1 << 64
+        d = self._since_last_request(send_ns)
         if prev == 0 or d < t - t // 8:
             return False
         return d % t <= t // 8 or d % t >= t - t // 8
@@ -315,9 +318,7 @@ class Session:
 
     def _note_peer_lateness(self, send_ns: int, now: int) -> None:
         t = self.interval_ns
-        d = (send_ns - self.peer_sent_ns) & U64_MAX
-        if d > U64_MAX >> 1:
-            d -= 1 << 64
+        d = self._since_last_request(send_ns)
         dev = abs(now - self.peer_heard_ns - (d + t // 2) // t * t)
         self.peer_jitter += _cdiv(dev - self.peer_jitter, 4)
 
